@@ -1,0 +1,329 @@
+//! Sandbox configuration: safe defaults, loosened only explicitly.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::size::parse_size;
+
+/// The image sessions use unless told otherwise.
+pub const DEFAULT_IMAGE: &str = "biocage:latest";
+
+/// How a host path is exposed in the sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExposureMode {
+    /// Sandbox code can read, not write.
+    ReadOnly,
+    /// Sandbox code can read and write; writes land on the host.
+    ReadWrite,
+}
+
+/// A host file or folder made visible inside the sandbox at a chosen path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exposure {
+    /// Path on the host (file or folder).
+    pub host: PathBuf,
+    /// Absolute path inside the sandbox.
+    pub container: String,
+    /// Read-only or read-write.
+    pub mode: ExposureMode,
+}
+
+/// Everything that decides how a sandbox is made. Build one with
+/// [`SandboxConfig::builder`]; [`SandboxConfig::default`] is the hardened default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct SandboxConfig {
+    /// Image with python3 (3.8+) in it.
+    pub image: String,
+    /// Memory limit in bytes; swap is never allowed on top of it.
+    pub memory_bytes: u64,
+    /// CPU limit in cores (may be fractional).
+    pub cpus: f64,
+    /// Most processes and threads the sandbox may have at once.
+    pub pids_limit: u32,
+    /// Network access; off unless asked for.
+    pub network: bool,
+    /// Default time limit of one run.
+    pub timeout: Duration,
+    /// How long a run may ignore the interrupt sent at its time limit before it is killed.
+    pub interrupt_grace: Duration,
+    /// Most bytes kept of each of stdout and stderr per run.
+    pub output_cap: usize,
+    /// Writable working directory (a tmpfs) where runs start.
+    pub workspace: String,
+    /// Size of the workspace tmpfs in bytes.
+    pub workspace_bytes: u64,
+    /// Size of the /tmp tmpfs in bytes.
+    pub tmp_bytes: u64,
+    /// Size of /dev/shm in bytes.
+    pub shm_bytes: u64,
+    /// User (uid:gid) that runs the agent and user code; never root.
+    pub user: String,
+    /// Extra environment variables for user code.
+    pub env: BTreeMap<String, String>,
+    /// Host files and folders exposed in the sandbox.
+    pub exposures: Vec<Exposure>,
+    /// Return figures left open by matplotlib as PNG images in the result.
+    pub capture_figures: bool,
+    /// Start even if a limit cannot be enforced on this backend (reported as unenforced).
+    pub allow_unenforced_limits: bool,
+    /// Largest file moved by `read_file` / `write_file`.
+    pub max_transfer_bytes: u64,
+    /// How long a container outlives a host that vanished without closing it.
+    pub orphan_grace: Duration,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            image: DEFAULT_IMAGE.to_string(),
+            memory_bytes: 512 << 20,
+            cpus: 1.0,
+            pids_limit: 256,
+            network: false,
+            timeout: Duration::from_secs(30),
+            interrupt_grace: Duration::from_secs(2),
+            output_cap: 1 << 20,
+            workspace: "/workspace".to_string(),
+            workspace_bytes: 256 << 20,
+            tmp_bytes: 128 << 20,
+            shm_bytes: 64 << 20,
+            user: "1000:1000".to_string(),
+            env: BTreeMap::new(),
+            exposures: Vec::new(),
+            capture_figures: true,
+            allow_unenforced_limits: false,
+            max_transfer_bytes: 64 << 20,
+            orphan_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl SandboxConfig {
+    /// A builder starting from the hardened defaults.
+    pub fn builder() -> SandboxConfigBuilder {
+        SandboxConfigBuilder {
+            config: SandboxConfig::default(),
+            errors: Vec::new(),
+        }
+    }
+
+    /// Checks every value; the error names the first bad one and what is accepted.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &'static str, value: String, reason: &str| {
+            Err(Error::InvalidConfig {
+                field,
+                value,
+                reason: reason.to_string(),
+            })
+        };
+        if self.image.trim().is_empty() {
+            return bad("image", self.image.clone(), "an image name is required");
+        }
+        if self.memory_bytes < 32 << 20 {
+            return bad(
+                "memory",
+                self.memory_bytes.to_string(),
+                "must be at least 32m: Python itself needs that much",
+            );
+        }
+        if !(self.cpus.is_finite() && self.cpus >= 0.01 && self.cpus <= 1024.0) {
+            return bad("cpus", self.cpus.to_string(), "must be between 0.01 and 1024");
+        }
+        if self.pids_limit < 16 {
+            return bad(
+                "pids",
+                self.pids_limit.to_string(),
+                "must be at least 16: the agent needs a few processes",
+            );
+        }
+        if self.timeout.is_zero() || self.timeout > Duration::from_secs(24 * 3600) {
+            return bad(
+                "timeout",
+                format!("{:?}", self.timeout),
+                "must be more than 0 and at most 24 hours",
+            );
+        }
+        if self.output_cap < 1024 || self.output_cap > 256 << 20 {
+            return bad(
+                "output cap",
+                self.output_cap.to_string(),
+                "must be between 1 KiB and 256 MiB",
+            );
+        }
+        if !crate::spec::is_absolute_clean(&self.workspace) {
+            return bad(
+                "workspace",
+                self.workspace.clone(),
+                "must be an absolute path without '..'",
+            );
+        }
+        if self.user.split(':').next().is_some_and(|u| u == "0" || u == "root") {
+            return bad(
+                "user",
+                self.user.clone(),
+                "sandbox code never runs as root; use a uid:gid such as 1000:1000",
+            );
+        }
+        for key in self.env.keys() {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return bad("env", key.clone(), "names must be non-empty, without '=' or NUL");
+            }
+        }
+        crate::spec::validate_exposures(self)
+    }
+}
+
+/// Builds a [`SandboxConfig`]; values are checked by [`SandboxConfigBuilder::build`].
+#[derive(Debug)]
+pub struct SandboxConfigBuilder {
+    config: SandboxConfig,
+    errors: Vec<Error>,
+}
+
+impl SandboxConfigBuilder {
+    /// The image to run.
+    pub fn image(mut self, image: impl Into<String>) -> Self {
+        self.config.image = image.into();
+        self
+    }
+    /// Memory limit in bytes.
+    pub fn memory_bytes(mut self, bytes: u64) -> Self {
+        self.config.memory_bytes = bytes;
+        self
+    }
+    /// Memory limit as text ("512m", "4g").
+    pub fn memory(mut self, text: &str) -> Self {
+        match parse_size("memory", text) {
+            Ok(b) => self.config.memory_bytes = b,
+            Err(e) => self.errors.push(e),
+        }
+        self
+    }
+    /// CPU limit in cores.
+    pub fn cpus(mut self, cpus: f64) -> Self {
+        self.config.cpus = cpus;
+        self
+    }
+    /// Process/thread limit.
+    pub fn pids_limit(mut self, pids: u32) -> Self {
+        self.config.pids_limit = pids;
+        self
+    }
+    /// Allow network access (off by default).
+    pub fn network(mut self, on: bool) -> Self {
+        self.config.network = on;
+        self
+    }
+    /// Default per-run time limit.
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.config.timeout = t;
+        self
+    }
+    /// Grace period between the interrupt and the kill at a time limit.
+    pub fn interrupt_grace(mut self, t: Duration) -> Self {
+        self.config.interrupt_grace = t;
+        self
+    }
+    /// Per-stream output cap in bytes.
+    pub fn output_cap(mut self, bytes: usize) -> Self {
+        self.config.output_cap = bytes;
+        self
+    }
+    /// Size of the workspace tmpfs.
+    pub fn workspace_bytes(mut self, bytes: u64) -> Self {
+        self.config.workspace_bytes = bytes;
+        self
+    }
+    /// Size of /tmp.
+    pub fn tmp_bytes(mut self, bytes: u64) -> Self {
+        self.config.tmp_bytes = bytes;
+        self
+    }
+    /// Sets one environment variable for user code.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.config.env.insert(key.into(), value.into());
+        self
+    }
+    /// Exposes a host file or folder read-only at `container`.
+    pub fn expose(mut self, host: impl Into<PathBuf>, container: impl Into<String>) -> Self {
+        self.config.exposures.push(Exposure {
+            host: host.into(),
+            container: container.into(),
+            mode: ExposureMode::ReadOnly,
+        });
+        self
+    }
+    /// Exposes a host folder read-write at `container`.
+    pub fn expose_rw(mut self, host: impl Into<PathBuf>, container: impl Into<String>) -> Self {
+        self.config.exposures.push(Exposure {
+            host: host.into(),
+            container: container.into(),
+            mode: ExposureMode::ReadWrite,
+        });
+        self
+    }
+    /// Return matplotlib figures as PNGs (on by default).
+    pub fn capture_figures(mut self, on: bool) -> Self {
+        self.config.capture_figures = on;
+        self
+    }
+    /// Start even where a limit cannot be enforced.
+    pub fn allow_unenforced_limits(mut self, on: bool) -> Self {
+        self.config.allow_unenforced_limits = on;
+        self
+    }
+    /// Largest file moved by read_file / write_file.
+    pub fn max_transfer_bytes(mut self, bytes: u64) -> Self {
+        self.config.max_transfer_bytes = bytes;
+        self
+    }
+    /// The checked configuration, or the first problem found.
+    pub fn build(mut self) -> Result<SandboxConfig> {
+        if !self.errors.is_empty() {
+            return Err(self.errors.remove(0));
+        }
+        self.config.validate()?;
+        Ok(self.config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_hardened_and_valid() {
+        let c = SandboxConfig::builder().build().unwrap();
+        assert_eq!(c.image, "biocage:latest");
+        assert_eq!(c.memory_bytes, 512 << 20);
+        assert!(!c.network);
+        assert_eq!(c.timeout, Duration::from_secs(30));
+        assert_eq!(c.output_cap, 1 << 20);
+        assert!(!c.allow_unenforced_limits);
+        assert_ne!(c.user.split(':').next(), Some("0"));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = SandboxConfig::builder().memory("x").build().unwrap_err();
+        assert!(e.to_string().contains("memory"), "{e}");
+        let e = SandboxConfig::builder().cpus(0.0).build().unwrap_err();
+        assert!(e.to_string().contains("cpus"), "{e}");
+        let e = SandboxConfig::builder().memory("1m").build().unwrap_err();
+        assert!(e.to_string().contains("32m"), "{e}");
+        let e = SandboxConfig::builder()
+            .timeout(Duration::ZERO)
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().contains("timeout"), "{e}");
+        let mut c = SandboxConfig::default();
+        c.user = "0:0".into();
+        assert!(c.validate().unwrap_err().to_string().contains("root"));
+    }
+}

@@ -1,0 +1,39 @@
+//! What a backend provides for one container: attached processes and removal.
+
+use std::io;
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use tokio::io::AsyncWrite;
+
+use crate::error::Result;
+
+/// The stdio of a process started in a container with its stdin attached.
+pub struct AgentStreams {
+    /// What the process writes to its stdout (stderr goes to the backend's logs).
+    pub stdout: BoxStream<'static, io::Result<Bytes>>,
+    /// The process's stdin.
+    pub stdin: Pin<Box<dyn AsyncWrite + Send>>,
+}
+
+/// One running sandbox container, as a backend manages it. [`crate::AgentSession`]
+/// drives the agent through this; nothing here is engine-specific in its meaning.
+#[async_trait]
+pub trait ContainerOps: Send + Sync + 'static {
+    /// Engine name ("docker", "podman").
+    fn engine(&self) -> &str;
+    /// The container's id.
+    fn container_id(&self) -> &str;
+    /// The container's name.
+    fn container_name(&self) -> &str;
+    /// Starts `argv` in the container (as the sandbox user) with stdin and stdout attached.
+    async fn exec_attached(&self, argv: Vec<String>) -> Result<AgentStreams>;
+    /// Whether the container is running.
+    async fn is_running(&self) -> Result<bool>;
+    /// Removes the container and everything in it.
+    async fn remove(&self) -> Result<()>;
+    /// Removes the container without waiting (for `Drop`); best effort.
+    fn remove_in_background(&self);
+}

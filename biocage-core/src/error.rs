@@ -1,0 +1,100 @@
+//! Typed errors: each says what failed and what to do about it.
+
+/// The result type of every fallible BioCage operation.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong outside the user's own code. Failures *of* user code
+/// (exceptions, timeouts, crashes) are not errors: they are [`crate::ExecutionResult`]s.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The container engine did not answer.
+    #[error("cannot reach {engine} at {endpoint}: {reason}. {hint}")]
+    EngineUnreachable {
+        /// Engine name ("docker", "podman").
+        engine: String,
+        /// Where it was looked for.
+        endpoint: String,
+        /// What the connection attempt said.
+        reason: String,
+        /// What to run to make it reachable.
+        hint: String,
+    },
+    /// The sandbox image is not present in the engine.
+    #[error("image {image} is not present in {engine}; build it with `{build_command}`")]
+    ImageMissing {
+        /// The image reference that was asked for.
+        image: String,
+        /// Engine name.
+        engine: String,
+        /// The command that builds it.
+        build_command: String,
+    },
+    /// A configuration value is out of range or malformed.
+    #[error("invalid {field} {value:?}: {reason}")]
+    InvalidConfig {
+        /// Which setting.
+        field: &'static str,
+        /// The value given.
+        value: String,
+        /// Why it is refused, and what is accepted.
+        reason: String,
+    },
+    /// A limit was asked for that this backend cannot enforce by any mechanism.
+    #[error("the {limit} limit cannot be enforced on {engine}: {reason}; allow it explicitly with allow_unenforced_limits (CLI: --allow-unenforced) to start anyway")]
+    UnenforceableLimit {
+        /// The limit ("cpu", ...).
+        limit: &'static str,
+        /// Engine name.
+        engine: String,
+        /// Why not.
+        reason: String,
+    },
+    /// The engine refused or failed an operation.
+    #[error("{engine} failed while {action}: {message}")]
+    Engine {
+        /// Engine name.
+        engine: String,
+        /// What BioCage was doing.
+        action: String,
+        /// The engine's message.
+        message: String,
+    },
+    /// The agent in the container misbehaved or could not be started.
+    #[error("sandbox agent: {0}")]
+    Agent(String),
+    /// A file transfer was refused or failed.
+    #[error("file transfer: {0}")]
+    FileTransfer(String),
+    /// The session was closed; open a new one.
+    #[error("the session is closed; create a new session")]
+    SessionClosed,
+    /// A host-side I/O error.
+    #[error("I/O error while {action}: {source}")]
+    Io {
+        /// What BioCage was doing.
+        action: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// An [`Error::Engine`] for `engine` while doing `action`.
+    pub fn engine(engine: &str, action: impl Into<String>, message: impl std::fmt::Display) -> Self {
+        Error::Engine {
+            engine: engine.to_string(),
+            action: action.into(),
+            message: message.to_string(),
+        }
+    }
+
+    /// An [`Error::Io`] while doing `action`.
+    pub fn io(action: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            action: action.into(),
+            source,
+        }
+    }
+}

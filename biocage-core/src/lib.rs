@@ -1,0 +1,29 @@
+//! Core of BioCage: a secure, stateful Python sandbox for model-generated code.
+//!
+//! This crate holds what every container engine shares: the [`SandboxRuntime`] and
+//! [`Session`] traits that callers use as trait objects, the [`SandboxConfig`], the
+//! [`ExecutionResult`] contract, typed [`Error`]s, and the in-container agent together
+//! with the host side of its protocol ([`AgentSession`]). Engine backends (Docker,
+//! Podman) only create containers and attach to processes in them, through
+//! [`ContainerOps`].
+
+pub mod agent;
+pub mod channel;
+pub mod config;
+pub mod container;
+pub mod error;
+pub mod limits;
+pub mod result;
+pub mod runtime;
+pub mod session;
+pub mod size;
+pub mod spec;
+
+pub use config::{Exposure, ExposureMode, SandboxConfig, SandboxConfigBuilder};
+pub use container::{AgentStreams, ContainerOps};
+pub use error::{Error, Result};
+pub use limits::{Capabilities, Enforcement, LimitPlan, LimitStatus};
+pub use result::{ErrorKind, ExecutionError, ExecutionResult, Image};
+pub use runtime::{SandboxRuntime, SandboxSummary, Session, SessionInfo};
+pub use session::AgentSession;
+pub use spec::{ContainerSpec, TmpfsMount, LABEL_MANAGED, LABEL_SESSION};

@@ -1,0 +1,214 @@
+//! Which mechanism holds each limit, per backend: nothing is silently unenforced.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::SandboxConfig;
+use crate::error::{Error, Result};
+use crate::size::format_size;
+
+/// Who enforces a limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Enforcement {
+    /// The engine, through the container's cgroup (or namespace).
+    Engine,
+    /// The in-container agent, through rlimits on the interpreter.
+    Rlimit,
+    /// The in-container agent's supervisor (interrupt, then kill).
+    Agent,
+    /// Nobody: allowed only with `allow_unenforced_limits`.
+    Unenforced,
+}
+
+/// One limit, its value and how it is held.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitStatus {
+    /// "memory", "pids", "cpu", "timeout", "network", "swap".
+    pub name: String,
+    /// The configured value, readable ("512m", "1", "off").
+    pub value: String,
+    /// Who enforces it.
+    pub enforcement: Enforcement,
+    /// The concrete mechanism, for people.
+    pub mechanism: String,
+}
+
+/// What an engine (as reached now) can do; reported by [`crate::SandboxRuntime::capabilities`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// Engine name ("docker", "podman").
+    pub engine: String,
+    /// The engine's version.
+    pub engine_version: String,
+    /// The API version in use.
+    pub api_version: String,
+    /// Whether the engine runs without root.
+    pub rootless: bool,
+    /// The host's cgroup version (1 or 2; 0 if unknown).
+    pub cgroup_version: u8,
+    /// Whether the engine applies memory, pids and cpu limits to containers.
+    pub cgroup_limits: bool,
+}
+
+/// How a given configuration's limits will be enforced on a given engine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitPlan {
+    /// Every limit with its mechanism.
+    pub limits: Vec<LimitStatus>,
+    /// rlimits the agent applies to the interpreter (name without RLIMIT_, lowercase).
+    pub rlimits: BTreeMap<String, u64>,
+}
+
+
+impl LimitPlan {
+    /// The plan for `config` on an engine with `caps`; refuses a limit nobody can hold
+    /// unless the config allows it.
+    pub fn new(caps: &Capabilities, config: &SandboxConfig) -> Result<Self> {
+        let mut limits = Vec::new();
+        let mut rlimits = BTreeMap::new();
+        let status = |name: &str, value: String, enforcement, mechanism: &str| LimitStatus {
+            name: name.to_string(),
+            value,
+            enforcement,
+            mechanism: mechanism.to_string(),
+        };
+        let memory = format_size(config.memory_bytes);
+        let pids = config.pids_limit.to_string();
+        let cpus = format!("{}", config.cpus);
+        if caps.cgroup_limits {
+            let v = if caps.cgroup_version == 2 { "v2" } else { "v1" };
+            limits.push(status(
+                "memory",
+                memory.clone(),
+                Enforcement::Engine,
+                &format!("cgroup {v} memory limit (out-of-memory kill)"),
+            ));
+            limits.push(status(
+                "swap",
+                "none".into(),
+                Enforcement::Engine,
+                "cgroup memory+swap limit equal to the memory limit",
+            ));
+            limits.push(status(
+                "pids",
+                pids,
+                Enforcement::Engine,
+                &format!("cgroup {v} pids limit"),
+            ));
+            limits.push(status(
+                "cpu",
+                cpus,
+                Enforcement::Engine,
+                &format!("cgroup {v} cpu quota"),
+            ));
+        } else {
+            rlimits.insert("data".into(), config.memory_bytes);
+            rlimits.insert("nproc".into(), u64::from(config.pids_limit));
+            limits.push(status(
+                "memory",
+                memory,
+                Enforcement::Rlimit,
+                "RLIMIT_DATA on the interpreter and its children (allocation fails with MemoryError)",
+            ));
+            limits.push(status(
+                "swap",
+                "not counted".into(),
+                Enforcement::Rlimit,
+                "RLIMIT_DATA bounds allocations whether or not they are swapped",
+            ));
+            limits.push(status(
+                "pids",
+                pids,
+                Enforcement::Rlimit,
+                "RLIMIT_NPROC for the sandbox user (shared by this user's sandboxes on the engine)",
+            ));
+            if !config.allow_unenforced_limits {
+                return Err(Error::UnenforceableLimit {
+                    limit: "cpu",
+                    engine: caps.engine.clone(),
+                    reason: format!(
+                        "the engine cannot apply cgroup limits here (rootless: {}, cgroup v{}), and no rlimit bounds a cpu rate",
+                        caps.rootless, caps.cgroup_version
+                    ),
+                });
+            }
+            limits.push(status(
+                "cpu",
+                cpus,
+                Enforcement::Unenforced,
+                "not enforced: no cgroup cpu quota on this engine (the run timeout still bounds time)",
+            ));
+        }
+        limits.push(status(
+            "timeout",
+            format!("{}s", config.timeout.as_secs_f64()),
+            Enforcement::Agent,
+            "supervisor interrupts, then kills and replaces the interpreter",
+        ));
+        limits.push(status(
+            "network",
+            if config.network { "on" } else { "off" }.into(),
+            if config.network {
+                Enforcement::Unenforced
+            } else {
+                Enforcement::Engine
+            },
+            if config.network {
+                "network access enabled by configuration"
+            } else {
+                "no network interface but loopback (network mode none)"
+            },
+        ));
+        Ok(LimitPlan { limits, rlimits })
+    }
+
+    /// The status of the named limit.
+    pub fn get(&self, name: &str) -> Option<&LimitStatus> {
+        self.limits.iter().find(|l| l.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caps(cgroup_limits: bool) -> Capabilities {
+        Capabilities {
+            engine: "test-engine".into(),
+            engine_version: "1".into(),
+            api_version: "1".into(),
+            rootless: !cgroup_limits,
+            cgroup_version: 1,
+            cgroup_limits,
+        }
+    }
+
+    #[test]
+    fn cgroup_engine_enforces_everything() {
+        let plan = LimitPlan::new(&caps(true), &SandboxConfig::default()).unwrap();
+        for name in ["memory", "pids", "cpu", "swap"] {
+            assert_eq!(plan.get(name).unwrap().enforcement, Enforcement::Engine);
+        }
+        assert!(plan.rlimits.is_empty());
+        assert_eq!(plan.get("timeout").unwrap().enforcement, Enforcement::Agent);
+    }
+
+    #[test]
+    fn without_cgroups_memory_and_pids_use_rlimits_and_cpu_is_refused() {
+        let err = LimitPlan::new(&caps(false), &SandboxConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("cpu"), "{err}");
+        let config = SandboxConfig::builder()
+            .allow_unenforced_limits(true)
+            .build()
+            .unwrap();
+        let plan = LimitPlan::new(&caps(false), &config).unwrap();
+        assert_eq!(plan.get("memory").unwrap().enforcement, Enforcement::Rlimit);
+        assert_eq!(plan.get("pids").unwrap().enforcement, Enforcement::Rlimit);
+        assert_eq!(plan.get("cpu").unwrap().enforcement, Enforcement::Unenforced);
+        assert_eq!(plan.rlimits["data"], 512 << 20);
+        assert_eq!(plan.rlimits["nproc"], 256);
+    }
+}

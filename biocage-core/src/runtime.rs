@@ -1,0 +1,155 @@
+//! The two traits callers use: [`SandboxRuntime`] makes sessions, [`Session`] runs code.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Exposure, SandboxConfig};
+use crate::error::Result;
+use crate::limits::{Capabilities, LimitPlan, LimitStatus};
+use crate::result::ExecutionResult;
+
+/// A container engine that makes sandboxes. Object-safe: hold a `Box<dyn SandboxRuntime>`.
+#[async_trait]
+pub trait SandboxRuntime: Send + Sync {
+    /// The engine's name ("docker", "podman").
+    fn name(&self) -> &str;
+
+    /// What the engine can enforce, as reached now.
+    async fn capabilities(&self) -> Result<Capabilities>;
+
+    /// How `config`'s limits would be enforced here (errors if one cannot be and the
+    /// config does not allow that).
+    async fn limit_plan(&self, config: &SandboxConfig) -> Result<LimitPlan> {
+        LimitPlan::new(&self.capabilities().await?, config)
+    }
+
+    /// Whether `image` is present in the engine.
+    async fn image_exists(&self, image: &str) -> Result<bool>;
+
+    /// Starts a sandbox and its live interpreter.
+    async fn create_session(&self, config: &SandboxConfig) -> Result<Box<dyn Session>>;
+
+    /// Runs `code` once in a fresh sandbox that is removed afterwards.
+    async fn run_once(&self, config: &SandboxConfig, code: &str) -> Result<ExecutionResult> {
+        let session = self.create_session(config).await?;
+        let result = session.run(code).await;
+        let closed = session.close().await;
+        let result = result?;
+        closed?;
+        Ok(result)
+    }
+
+    /// The sandboxes this engine holds that BioCage made (by label), live or not.
+    async fn list_sandboxes(&self) -> Result<Vec<SandboxSummary>>;
+
+    /// Removes one managed sandbox by container id or name.
+    async fn remove_sandbox(&self, id: &str) -> Result<()>;
+
+    /// Removes managed sandboxes whose owner is gone: stopped ones, and those whose
+    /// owning process no longer exists on this host. Returns what was removed.
+    async fn gc(&self) -> Result<Vec<SandboxSummary>> {
+        let mut removed = Vec::new();
+        for s in self.list_sandboxes().await? {
+            if s.is_orphaned() {
+                self.remove_sandbox(&s.container_id).await?;
+                removed.push(s);
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// A managed sandbox as listed by [`SandboxRuntime::list_sandboxes`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxSummary {
+    /// Container id.
+    pub container_id: String,
+    /// Container name.
+    pub name: String,
+    /// Session id label.
+    pub session_id: String,
+    /// Image.
+    pub image: String,
+    /// Engine state ("running", "exited", ...).
+    pub state: String,
+    /// Host pid of the process that made it, if labelled.
+    pub owner_pid: Option<u32>,
+}
+
+impl SandboxSummary {
+    /// True when nothing can be using it any more: not running, or its owner process is gone.
+    pub fn is_orphaned(&self) -> bool {
+        if self.state != "running" {
+            return true;
+        }
+        match self.owner_pid {
+            Some(pid) => !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            None => false,
+        }
+    }
+}
+
+/// What [`Session::info`] reports, as the reference's `get_container_info`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// Session id.
+    pub session_id: String,
+    /// Engine name.
+    pub runtime: String,
+    /// Container id.
+    pub container_id: String,
+    /// Container name.
+    pub container_name: String,
+    /// Whether the container is running.
+    pub is_running: bool,
+    /// Image.
+    pub image: String,
+    /// Host paths exposed.
+    pub exposed_paths: Vec<Exposure>,
+    /// Temporary files created with `create_temp_file`.
+    pub temp_files: usize,
+    /// Every limit and how it is enforced.
+    pub limits: Vec<LimitStatus>,
+    /// Python version in the sandbox.
+    pub python_version: String,
+    /// Runs done so far.
+    pub runs: u64,
+}
+
+/// A live sandbox with one interpreter whose state persists between runs.
+/// Object-safe; all methods take `&self` so that [`Session::interrupt`] can be called
+/// while a run is in progress.
+#[async_trait]
+pub trait Session: Send + Sync {
+    /// The session's id.
+    fn id(&self) -> &str;
+
+    /// Runs `code` with the configured time limit.
+    async fn run(&self, code: &str) -> Result<ExecutionResult>;
+
+    /// Runs `code` with its own time limit.
+    async fn run_with_timeout(&self, code: &str, timeout: Duration) -> Result<ExecutionResult>;
+
+    /// Interrupts the run in progress (KeyboardInterrupt in user code; state kept).
+    async fn interrupt(&self) -> Result<()>;
+
+    /// Replaces the interpreter with a fresh one: all state is dropped.
+    async fn restart(&self) -> Result<()>;
+
+    /// Container and limit information.
+    async fn info(&self) -> Result<SessionInfo>;
+
+    /// Writes `data` to `path` in the sandbox (workspace, /tmp or a read-write exposure).
+    async fn write_file(&self, path: &str, data: &[u8]) -> Result<()>;
+
+    /// Reads `path` from the sandbox, up to the configured transfer cap.
+    async fn read_file(&self, path: &str) -> Result<Vec<u8>>;
+
+    /// Creates a temporary file holding `content`; returns its path in the sandbox.
+    async fn create_temp_file(&self, content: &[u8], suffix: &str) -> Result<String>;
+
+    /// Stops the sandbox and removes its container.
+    async fn close(self: Box<Self>) -> Result<()>;
+}

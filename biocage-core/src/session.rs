@@ -1,0 +1,334 @@
+//! [`AgentSession`]: a [`Session`] over any engine, driving the in-container agent.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+use crate::agent::{kill_all_argv, AGENT_VERSION};
+use crate::channel::{AgentChannel, ChannelError};
+use crate::config::SandboxConfig;
+use crate::container::ContainerOps;
+use crate::error::{Error, Result};
+use crate::limits::LimitPlan;
+use crate::result::{ErrorKind, ExecutionResult, EXIT_KILLED, EXIT_TIMEOUT};
+use crate::runtime::{Session, SessionInfo};
+
+/// How long a new supervisor may take to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Deadline of quick requests (ping, interrupt, file transfers).
+const QUICK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time the host waits beyond a run's own limit and grace before it gives up on the agent.
+const HOST_SLACK: Duration = Duration::from_secs(10);
+
+struct Connection {
+    channel: Arc<AgentChannel>,
+    python: String,
+}
+
+/// A live sandbox session on any engine: the backend made the container, this drives
+/// the agent in it. Backends return it as `Box<dyn Session>`.
+pub struct AgentSession {
+    id: String,
+    ops: Arc<dyn ContainerOps>,
+    config: SandboxConfig,
+    plan: LimitPlan,
+    agent_argv: Vec<String>,
+    conn: tokio::sync::RwLock<Connection>,
+    run_lock: tokio::sync::Mutex<()>,
+    /// The supervisor was replaced since the last result: the next one reports lost state.
+    lost: AtomicBool,
+    runs: AtomicU64,
+    temp_files: AtomicU64,
+    closed: AtomicBool,
+}
+
+impl AgentSession {
+    /// Starts the agent's supervisor in the (running) container behind `ops`. On failure
+    /// the container is removed.
+    pub async fn start(
+        id: String,
+        ops: Arc<dyn ContainerOps>,
+        config: SandboxConfig,
+        plan: LimitPlan,
+        agent_argv: Vec<String>,
+    ) -> Result<Self> {
+        let conn = match connect(ops.as_ref(), &agent_argv).await {
+            Ok(c) => c,
+            Err(e) => {
+                if let Err(rm) = ops.remove().await {
+                    tracing::warn!("removing {} after a failed start: {rm}", ops.container_id());
+                }
+                return Err(e);
+            }
+        };
+        tracing::debug!(session = %id, container = %ops.container_id(), "session ready");
+        Ok(AgentSession {
+            id,
+            ops,
+            config,
+            plan,
+            agent_argv,
+            conn: tokio::sync::RwLock::new(conn),
+            run_lock: tokio::sync::Mutex::new(()),
+            lost: AtomicBool::new(false),
+            runs: AtomicU64::new(0),
+            temp_files: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// How the limits of this session are enforced.
+    pub fn limit_plan(&self) -> &LimitPlan {
+        &self.plan
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::SessionClosed);
+        }
+        Ok(())
+    }
+
+    async fn channel(&self) -> Arc<AgentChannel> {
+        self.conn.read().await.channel.clone()
+    }
+
+    /// Replaces a supervisor that died or stopped answering: kills every sandbox
+    /// process, starts a new supervisor. Earlier state is gone.
+    async fn reconnect(&self) -> Result<()> {
+        if !self.ops.is_running().await? {
+            return Err(Error::Agent(format!(
+                "container {} is no longer running; create a new session",
+                self.ops.container_name()
+            )));
+        }
+        let mut conn = self.conn.write().await;
+        tracing::warn!(session = %self.id, "restarting the sandbox supervisor");
+        if let Ok(streams) = self.ops.exec_attached(kill_all_argv()).await {
+            // Wait for the killer to finish: its stdout ends when it exits.
+            let mut out = streams.stdout;
+            let _ = tokio::time::timeout(Duration::from_secs(10), async {
+                use futures_util::StreamExt;
+                while out.next().await.is_some() {}
+            })
+            .await;
+        }
+        *conn = connect(self.ops.as_ref(), &self.agent_argv).await?;
+        self.lost.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// A quick request; the error says what the agent refused.
+    async fn quick(&self, msg: Value) -> Result<Value> {
+        self.check_open()?;
+        let mut channel = self.channel().await;
+        if channel.is_closed() {
+            self.reconnect().await?;
+            channel = self.channel().await;
+        }
+        let reply = channel
+            .request(msg, QUICK_TIMEOUT)
+            .await
+            .map_err(|e| Error::Agent(e.to_string()))?;
+        if reply["op"] == "error" {
+            return Err(Error::FileTransfer(
+                reply["message"].as_str().unwrap_or("refused").to_string(),
+            ));
+        }
+        Ok(reply)
+    }
+
+    fn lost_result(&self, kind: ErrorKind, name: &str, message: String, code: i32, elapsed: f64) -> ExecutionResult {
+        let mut r = ExecutionResult::sandbox_failure(message, true);
+        r.exit_code = code;
+        r.execution_time = elapsed;
+        if let Some(e) = r.error.as_mut() {
+            e.kind = kind;
+            e.name = Some(name.to_string());
+        }
+        r
+    }
+}
+
+async fn connect(ops: &dyn ContainerOps, argv: &[String]) -> Result<Connection> {
+    let streams = ops.exec_attached(argv.to_vec()).await?;
+    let (channel, hello) = AgentChannel::open(streams, HELLO_TIMEOUT)
+        .await
+        .map_err(|e| {
+            Error::Agent(format!(
+                "the supervisor did not start in container {} ({e}); does the image have python3 (3.8 or newer)?",
+                ops.container_name()
+            ))
+        })?;
+    if hello["agent_version"].as_u64() != Some(AGENT_VERSION) {
+        return Err(Error::Agent(format!("unexpected agent hello: {hello}")));
+    }
+    Ok(Connection {
+        channel: Arc::new(channel),
+        python: hello["python"].as_str().unwrap_or("").to_string(),
+    })
+}
+
+#[async_trait]
+impl Session for AgentSession {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    async fn run(&self, code: &str) -> Result<ExecutionResult> {
+        self.run_with_timeout(code, self.config.timeout).await
+    }
+
+    async fn run_with_timeout(&self, code: &str, timeout: Duration) -> Result<ExecutionResult> {
+        self.check_open()?;
+        if timeout.is_zero() {
+            return Err(Error::InvalidConfig {
+                field: "timeout",
+                value: "0".into(),
+                reason: "a run needs a time limit above zero".into(),
+            });
+        }
+        let _one_run = self.run_lock.lock().await;
+        let mut channel = self.channel().await;
+        if channel.is_closed() {
+            self.reconnect().await?;
+            channel = self.channel().await;
+        }
+        self.runs.fetch_add(1, Ordering::Relaxed);
+        let started = std::time::Instant::now();
+        let wait = timeout + self.config.interrupt_grace + HOST_SLACK;
+        let msg = json!({"op": "run", "code": code, "timeout": timeout.as_secs_f64()});
+        let outcome = channel.request(msg, wait).await;
+        let elapsed = started.elapsed().as_secs_f64();
+        let mut result = match outcome {
+            Ok(reply) if reply["op"] == "result" => serde_json::from_value::<ExecutionResult>(reply)
+                .map_err(|e| Error::Agent(format!("malformed result from the agent: {e}")))?,
+            Ok(reply) => {
+                return Err(Error::Agent(
+                    reply["message"].as_str().unwrap_or("unexpected reply").to_string(),
+                ))
+            }
+            Err(ChannelError::Closed) | Err(ChannelError::Send(_)) => {
+                self.reconnect().await?;
+                self.lost_result(
+                    ErrorKind::Crashed,
+                    "SupervisorKilled",
+                    "the sandbox supervisor was killed during the run (output of the run is lost); a fresh interpreter was started and earlier state is lost".into(),
+                    EXIT_KILLED,
+                    elapsed,
+                )
+            }
+            Err(ChannelError::TimedOut(_)) => {
+                self.reconnect().await?;
+                self.lost_result(
+                    ErrorKind::Timeout,
+                    "TimeoutError",
+                    format!("the run exceeded its {timeout:?} limit and the sandbox stopped answering; every sandbox process was killed and earlier state is lost"),
+                    EXIT_TIMEOUT,
+                    elapsed,
+                )
+            }
+        };
+        if self.lost.swap(false, Ordering::AcqRel) {
+            result.state_lost = true;
+        }
+        Ok(result)
+    }
+
+    async fn interrupt(&self) -> Result<()> {
+        self.check_open()?;
+        self.channel()
+            .await
+            .request(json!({"op": "interrupt"}), QUICK_TIMEOUT)
+            .await
+            .map_err(|e| Error::Agent(e.to_string()))?;
+        Ok(())
+    }
+
+    async fn restart(&self) -> Result<()> {
+        self.check_open()?;
+        let _one_run = self.run_lock.lock().await;
+        let channel = self.channel().await;
+        match channel.request(json!({"op": "restart"}), QUICK_TIMEOUT).await {
+            Ok(_) => Ok(()),
+            Err(_) => {
+                self.reconnect().await?;
+                // Asked for: the caller knows state is gone.
+                self.lost.store(false, Ordering::Release);
+                Ok(())
+            }
+        }
+    }
+
+    async fn info(&self) -> Result<SessionInfo> {
+        self.check_open()?;
+        Ok(SessionInfo {
+            session_id: self.id.clone(),
+            runtime: self.ops.engine().to_string(),
+            container_id: self.ops.container_id().to_string(),
+            container_name: self.ops.container_name().to_string(),
+            is_running: self.ops.is_running().await?,
+            image: self.config.image.clone(),
+            exposed_paths: self.config.exposures.clone(),
+            temp_files: self.temp_files.load(Ordering::Relaxed) as usize,
+            limits: self.plan.limits.clone(),
+            python_version: self.conn.read().await.python.clone(),
+            runs: self.runs.load(Ordering::Relaxed),
+        })
+    }
+
+    async fn write_file(&self, path: &str, data: &[u8]) -> Result<()> {
+        if data.len() as u64 > self.config.max_transfer_bytes {
+            return Err(Error::FileTransfer(format!(
+                "{} bytes is over the {}-byte transfer cap (max_transfer_bytes)",
+                data.len(),
+                self.config.max_transfer_bytes
+            )));
+        }
+        self.quick(json!({"op": "write_file", "path": path, "data": BASE64.encode(data)}))
+            .await?;
+        Ok(())
+    }
+
+    async fn read_file(&self, path: &str) -> Result<Vec<u8>> {
+        let reply = self
+            .quick(json!({"op": "read_file", "path": path, "max_bytes": self.config.max_transfer_bytes}))
+            .await?;
+        BASE64
+            .decode(reply["data"].as_str().unwrap_or(""))
+            .map_err(|e| Error::Agent(format!("the agent sent file data that is not base64: {e}")))
+    }
+
+    async fn create_temp_file(&self, content: &[u8], suffix: &str) -> Result<String> {
+        if suffix.contains('/') || suffix.contains('\0') || suffix.len() > 64 {
+            return Err(Error::FileTransfer(format!(
+                "suffix {suffix:?} must be a short file-name ending without '/'"
+            )));
+        }
+        let path = format!("/tmp/biocage-{}{suffix}", uuid::Uuid::new_v4().simple());
+        self.write_file(&path, content).await?;
+        self.temp_files.fetch_add(1, Ordering::Relaxed);
+        Ok(path)
+    }
+
+    async fn close(self: Box<Self>) -> Result<()> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.ops.remove().await
+    }
+}
+
+impl Drop for AgentSession {
+    fn drop(&mut self) {
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            tracing::debug!(session = %self.id, "session dropped without close; removing its container");
+            self.ops.remove_in_background();
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! The engine-neutral description of a sandbox container, made from a config.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+
+use serde_json::json;
+
+use crate::agent;
+use crate::config::{ExposureMode, SandboxConfig};
+use crate::error::{Error, Result};
+use crate::limits::LimitPlan;
+
+/// Label set on every container BioCage manages.
+pub const LABEL_MANAGED: &str = "org.biocage.managed";
+/// Label holding the session id.
+pub const LABEL_SESSION: &str = "org.biocage.session";
+/// Label holding the host process id that made the sandbox.
+pub const LABEL_OWNER_PID: &str = "org.biocage.owner-pid";
+
+/// Container paths no exposure may cover: the system, and the agent's own places.
+const RESERVED_TARGETS: &[&str] = &[
+    "/proc", "/sys", "/dev", "/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64",
+    "/libx32", "/boot", "/run", "/var/run", "/opt/biocage",
+];
+
+/// A tmpfs mounted in the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TmpfsMount {
+    /// Where.
+    pub target: String,
+    /// Mount options, e.g. "rw,nosuid,nodev,size=134217728,mode=1777".
+    pub options: String,
+}
+
+/// A host path bound into the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindMount {
+    /// Host path (absolute).
+    pub host: PathBuf,
+    /// Container path.
+    pub target: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+/// Everything a backend needs to create a hardened sandbox container.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerSpec {
+    /// Container name.
+    pub name: String,
+    /// Image reference.
+    pub image: String,
+    /// uid:gid of every process.
+    pub user: String,
+    /// Labels (managed marker, session id, owner pid).
+    pub labels: BTreeMap<String, String>,
+    /// Environment, "KEY=VALUE".
+    pub env: Vec<String>,
+    /// The container's main process: the agent in its init role.
+    pub init_argv: Vec<String>,
+    /// The process attached as the control channel: the agent's supervisor.
+    pub agent_argv: Vec<String>,
+    /// Working directory.
+    pub workdir: String,
+    /// tmpfs mounts (workspace, /tmp).
+    pub tmpfs: Vec<TmpfsMount>,
+    /// Host exposures.
+    pub binds: Vec<BindMount>,
+    /// Memory limit for the cgroup (swap set equal), when the engine enforces it.
+    pub memory_bytes: u64,
+    /// CPU limit in billionths of a core.
+    pub nano_cpus: i64,
+    /// pids limit.
+    pub pids_limit: i64,
+    /// /dev/shm size.
+    pub shm_bytes: i64,
+    /// Network enabled.
+    pub network: bool,
+    /// Hard and soft rlimits set by the engine (explicit: engine defaults may exceed the host's).
+    pub ulimits: Vec<(String, i64)>,
+}
+
+impl ContainerSpec {
+    /// The spec for a session `session_id` with `config`, limits held as `plan` says.
+    pub fn new(session_id: &str, config: &SandboxConfig, plan: &LimitPlan) -> Result<Self> {
+        config.validate()?;
+        let mut labels = BTreeMap::new();
+        labels.insert(LABEL_MANAGED.to_string(), "true".to_string());
+        labels.insert(LABEL_SESSION.to_string(), session_id.to_string());
+        labels.insert(LABEL_OWNER_PID.to_string(), std::process::id().to_string());
+        let threads = config.cpus.ceil().max(1.0) as u64;
+        let mut env = vec![
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+            format!("HOME={}", config.workspace),
+            "MPLBACKEND=Agg".to_string(),
+            "MPLCONFIGDIR=/tmp/.matplotlib".to_string(),
+            "PYTHONDONTWRITEBYTECODE=1".to_string(),
+            "PYTHONIOENCODING=utf-8".to_string(),
+            format!("OPENBLAS_NUM_THREADS={threads}"),
+            format!("OMP_NUM_THREADS={threads}"),
+            format!("MKL_NUM_THREADS={threads}"),
+        ];
+        for (k, v) in &config.env {
+            env.retain(|e| !e.starts_with(&format!("{k}=")));
+            env.push(format!("{k}={v}"));
+        }
+        let uid_gid = parse_user(&config.user);
+        let tmpfs = vec![
+            TmpfsMount {
+                target: "/tmp".into(),
+                options: format!("rw,nosuid,nodev,size={},mode=1777", config.tmp_bytes),
+            },
+            TmpfsMount {
+                target: config.workspace.clone(),
+                options: format!(
+                    "rw,nosuid,nodev,size={},mode=0700{}",
+                    config.workspace_bytes,
+                    uid_gid
+                        .map(|(u, g)| format!(",uid={u},gid={g}"))
+                        .unwrap_or_default()
+                ),
+            },
+        ];
+        let binds = config
+            .exposures
+            .iter()
+            .map(|e| BindMount {
+                host: e.host.clone(),
+                target: e.container.clone(),
+                read_only: e.mode == ExposureMode::ReadOnly,
+            })
+            .collect();
+        let mut file_roots = vec![config.workspace.clone(), "/tmp".to_string()];
+        file_roots.extend(
+            config
+                .exposures
+                .iter()
+                .filter(|e| e.mode == ExposureMode::ReadWrite)
+                .map(|e| e.container.clone()),
+        );
+        let agent_config = json!({
+            "output_cap": config.output_cap,
+            "timeout": config.timeout.as_secs_f64(),
+            "interrupt_grace": config.interrupt_grace.as_secs_f64(),
+            "rlimits": plan.rlimits,
+            "capture_figures": config.capture_figures,
+            "workdir": config.workspace,
+            "file_roots": file_roots,
+        });
+        Ok(ContainerSpec {
+            name: format!("biocage-{session_id}"),
+            image: config.image.clone(),
+            user: config.user.clone(),
+            labels,
+            env,
+            init_argv: agent::init_argv(config.orphan_grace),
+            agent_argv: agent::serve_argv(&agent_config),
+            workdir: config.workspace.clone(),
+            tmpfs,
+            binds,
+            memory_bytes: config.memory_bytes,
+            nano_cpus: (config.cpus * 1e9) as i64,
+            pids_limit: i64::from(config.pids_limit),
+            shm_bytes: config.shm_bytes as i64,
+            network: config.network,
+            ulimits: vec![
+                ("nofile".into(), 4096),
+                // The engine's own cap on processes of the sandbox user; the pids limit is tighter.
+                ("nproc".into(), i64::from(config.pids_limit.max(64)) * 4),
+                ("core".into(), 0),
+            ],
+        })
+    }
+}
+
+/// Numeric uid and gid of "uid:gid", if both are numbers.
+fn parse_user(user: &str) -> Option<(u32, u32)> {
+    let (u, g) = user.split_once(':').unwrap_or((user, user));
+    Some((u.parse().ok()?, g.parse().ok()?))
+}
+
+/// True for an absolute path with no "." or ".." component and no NUL.
+pub fn is_absolute_clean(path: &str) -> bool {
+    path.starts_with('/')
+        && !path.contains('\0')
+        && path
+            .split('/')
+            .skip(1)
+            .all(|c| c != ".." && c != ".")
+}
+
+fn normalize(path: &str) -> String {
+    let trimmed = path.trim_end_matches('/');
+    let mut out = String::new();
+    for part in trimmed.split('/').filter(|p| !p.is_empty()) {
+        out.push('/');
+        out.push_str(part);
+    }
+    if out.is_empty() {
+        "/".into()
+    } else {
+        out
+    }
+}
+
+fn is_within(path: &str, root: &str) -> bool {
+    path == root || path.starts_with(&format!("{root}/"))
+}
+
+/// Checks exposures: host path present, target absolute, clean, not over a system
+/// location, not on the same target as another exposure.
+pub fn validate_exposures(config: &SandboxConfig) -> Result<()> {
+    let mut seen = HashSet::new();
+    for e in &config.exposures {
+        let bad = |reason: String| Error::InvalidConfig {
+            field: "exposure",
+            value: format!("{}:{}", e.host.display(), e.container),
+            reason,
+        };
+        if !e.host.exists() {
+            return Err(bad(format!(
+                "host path {} does not exist; give an existing file or folder",
+                e.host.display()
+            )));
+        }
+        if e.mode == ExposureMode::ReadWrite && !e.host.is_dir() {
+            return Err(bad(
+                "read-write exposures must be folders; expose a file read-only, or its folder read-write"
+                    .into(),
+            ));
+        }
+        if !is_absolute_clean(&e.container) {
+            return Err(bad(
+                "the container path must be absolute and must not contain '.' or '..'".into(),
+            ));
+        }
+        let target = normalize(&e.container);
+        let reserved = target == "/"
+            || target == "/tmp"
+            || target == normalize(&config.workspace)
+            || RESERVED_TARGETS.iter().any(|r| is_within(&target, r));
+        if reserved {
+            return Err(bad(format!(
+                "{target} is a system or sandbox location; choose a path such as /data/... or {}/...",
+                config.workspace
+            )));
+        }
+        if !seen.insert(target.clone()) {
+            return Err(bad(format!(
+                "two exposures target {target}; give each its own container path"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::{Capabilities, LimitPlan};
+
+    fn plan(config: &SandboxConfig) -> LimitPlan {
+        let caps = Capabilities {
+            engine: "e".into(),
+            engine_version: "1".into(),
+            api_version: "1".into(),
+            rootless: false,
+            cgroup_version: 1,
+            cgroup_limits: true,
+        };
+        LimitPlan::new(&caps, config).unwrap()
+    }
+
+    #[test]
+    fn spec_is_hardened_and_labelled() {
+        let c = SandboxConfig::default();
+        let s = ContainerSpec::new("abc", &c, &plan(&c)).unwrap();
+        assert_eq!(s.labels[LABEL_MANAGED], "true");
+        assert_eq!(s.labels[LABEL_SESSION], "abc");
+        assert!(!s.network);
+        assert_eq!(s.user, "1000:1000");
+        assert!(s.tmpfs.iter().any(|t| t.target == "/workspace" && t.options.contains("uid=1000")));
+        assert_eq!(s.agent_argv[0], "python3");
+        assert!(s.agent_argv.contains(&"biocage-serve".to_string()));
+    }
+
+    #[test]
+    fn exposures_are_checked() {
+        let dir = std::env::temp_dir();
+        let cases = [
+            ("/definitely/not/here", "/data", "does not exist"),
+            (dir.to_str().unwrap(), "data", "absolute"),
+            (dir.to_str().unwrap(), "/data/../etc", "'..'"),
+            (dir.to_str().unwrap(), "/etc/x", "system"),
+            (dir.to_str().unwrap(), "/", "system"),
+            (dir.to_str().unwrap(), "/proc", "system"),
+        ];
+        for (host, target, needle) in cases {
+            let err = SandboxConfig::builder()
+                .expose(host, target)
+                .build()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{host}:{target}: {err}");
+        }
+        let err = SandboxConfig::builder()
+            .expose(&dir, "/data")
+            .expose(&dir, "/data/")
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("two exposures"), "{err}");
+        assert!(SandboxConfig::builder().expose(&dir, "/data/in").build().is_ok());
+    }
+}

@@ -1,0 +1,73 @@
+//! Translation of the engine-neutral [`ContainerSpec`] into Docker's create body.
+
+use std::collections::HashMap;
+
+use biocage_core::ContainerSpec;
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, ResourcesUlimits};
+
+/// The create body for `spec`; cgroup limits applied when `cgroup_limits`.
+pub fn create_body(spec: &ContainerSpec, cgroup_limits: bool) -> ContainerCreateBody {
+    let tmpfs: HashMap<String, String> = spec
+        .tmpfs
+        .iter()
+        .map(|t| (t.target.clone(), t.options.clone()))
+        .collect();
+    let binds = spec
+        .binds
+        .iter()
+        .map(|b| {
+            format!(
+                "{}:{}:{}",
+                b.host.display(),
+                b.target,
+                if b.read_only { "ro" } else { "rw" }
+            )
+        })
+        .collect::<Vec<_>>();
+    let ulimits = spec
+        .ulimits
+        .iter()
+        .map(|(name, v)| ResourcesUlimits {
+            name: Some(name.clone()),
+            soft: Some(*v),
+            hard: Some(*v),
+        })
+        .collect();
+    let mut host = HostConfig {
+        network_mode: Some(if spec.network { "bridge" } else { "none" }.to_string()),
+        readonly_rootfs: Some(true),
+        tmpfs: Some(tmpfs),
+        cap_drop: Some(vec!["ALL".to_string()]),
+        security_opt: Some(vec!["no-new-privileges".to_string()]),
+        shm_size: Some(spec.shm_bytes),
+        // Logs of the container's main process are not kept: nothing can fill the disk.
+        log_config: Some(HostConfigLogConfig {
+            typ: Some("none".to_string()),
+            config: None,
+        }),
+        ulimits: Some(ulimits),
+        binds: (!binds.is_empty()).then_some(binds),
+        auto_remove: Some(true),
+        ipc_mode: Some("private".to_string()),
+        ..Default::default()
+    };
+    if cgroup_limits {
+        host.memory = Some(spec.memory_bytes as i64);
+        host.memory_swap = Some(spec.memory_bytes as i64);
+        host.nano_cpus = Some(spec.nano_cpus);
+        host.pids_limit = Some(spec.pids_limit);
+    }
+    ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        cmd: Some(spec.init_argv.clone()),
+        entrypoint: Some(vec![]),
+        user: Some(spec.user.clone()),
+        env: Some(spec.env.clone()),
+        labels: Some(spec.labels.clone().into_iter().collect()),
+        working_dir: Some(spec.workdir.clone()),
+        network_disabled: Some(!spec.network),
+        stop_signal: Some("SIGKILL".to_string()),
+        host_config: Some(host),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,201 @@
+//! [`DockerRuntime`]: the [`SandboxRuntime`] for Docker Engine.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use biocage_core::limits::Capabilities;
+use biocage_core::spec::LABEL_OWNER_PID;
+use biocage_core::{
+    AgentSession, ContainerSpec, Error, LimitPlan, Result, SandboxConfig, SandboxRuntime,
+    SandboxSummary, Session, LABEL_MANAGED, LABEL_SESSION,
+};
+use bollard::query_parameters::{CreateContainerOptions, ListContainersOptions};
+use bollard::Docker;
+use tokio::sync::OnceCell;
+
+use crate::body::create_body;
+use crate::container::{is_not_found, remove_container, DockerContainer};
+use crate::ENGINE;
+
+/// Sandboxes on a Docker Engine.
+pub struct DockerRuntime {
+    docker: Docker,
+    endpoint: String,
+    caps: OnceCell<Capabilities>,
+}
+
+fn endpoint() -> String {
+    std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".to_string())
+}
+
+fn unreachable(endpoint: &str, reason: impl std::fmt::Display) -> Error {
+    Error::EngineUnreachable {
+        engine: ENGINE.to_string(),
+        endpoint: endpoint.to_string(),
+        reason: reason.to_string(),
+        hint: "Start Docker (as root: scripts/setup.sh docker, or `dockerd &`), or point DOCKER_HOST at a running engine.".to_string(),
+    }
+}
+
+impl DockerRuntime {
+    /// Connects to the engine at `DOCKER_HOST` (default: the local socket) and
+    /// negotiates the API version down to what it speaks.
+    pub async fn connect() -> Result<Self> {
+        let endpoint = endpoint();
+        let docker = Docker::connect_with_defaults().map_err(|e| unreachable(&endpoint, e))?;
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(|e| unreachable(&endpoint, e))?;
+        docker.ping().await.map_err(|e| unreachable(&endpoint, e))?;
+        tracing::debug!(%endpoint, api = %docker.client_version(), "connected to docker");
+        Ok(DockerRuntime {
+            docker,
+            endpoint,
+            caps: OnceCell::new(),
+        })
+    }
+
+    /// The bollard client, for what this crate does not wrap.
+    pub fn client(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// Where the engine was reached.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    async fn create_container(&self, spec: &ContainerSpec, cgroup_limits: bool) -> Result<String> {
+        let opts = CreateContainerOptions {
+            name: Some(spec.name.clone()),
+            platform: String::new(),
+        };
+        let created = self
+            .docker
+            .create_container(Some(opts), create_body(spec, cgroup_limits))
+            .await
+            .map_err(|e| Error::engine(ENGINE, format!("creating container {}", spec.name), e))?;
+        if let Err(e) = self.docker.start_container(&created.id, None).await {
+            let _ = remove_container(&self.docker, &created.id).await;
+            return Err(Error::engine(ENGINE, format!("starting container {}", spec.name), e));
+        }
+        Ok(created.id)
+    }
+}
+
+#[async_trait]
+impl SandboxRuntime for DockerRuntime {
+    fn name(&self) -> &str {
+        ENGINE
+    }
+
+    async fn capabilities(&self) -> Result<Capabilities> {
+        self.caps
+            .get_or_try_init(|| async {
+                let version = self
+                    .docker
+                    .version()
+                    .await
+                    .map_err(|e| unreachable(&self.endpoint, e))?;
+                let info = self
+                    .docker
+                    .info()
+                    .await
+                    .map_err(|e| unreachable(&self.endpoint, e))?;
+                let rootless = info
+                    .security_options
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|o| o.contains("rootless"));
+                let cgroup_version = match info.cgroup_version.map(|v| v.to_string()) {
+                    Some(v) if v == "2" => 2,
+                    Some(v) if v == "1" => 1,
+                    _ => 0,
+                };
+                Ok(Capabilities {
+                    engine: ENGINE.to_string(),
+                    engine_version: version.version.unwrap_or_default(),
+                    api_version: self.docker.client_version().to_string(),
+                    rootless,
+                    cgroup_version,
+                    // Rootless Docker on cgroup v1 cannot limit resources either.
+                    cgroup_limits: !(rootless && cgroup_version == 1),
+                })
+            })
+            .await
+            .cloned()
+    }
+
+    async fn image_exists(&self, image: &str) -> Result<bool> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(Error::engine(ENGINE, format!("looking up image {image}"), e)),
+        }
+    }
+
+    async fn create_session(&self, config: &SandboxConfig) -> Result<Box<dyn Session>> {
+        config.validate()?;
+        let caps = self.capabilities().await?;
+        let plan = LimitPlan::new(&caps, config)?;
+        if !self.image_exists(&config.image).await? {
+            return Err(Error::ImageMissing {
+                image: config.image.clone(),
+                engine: ENGINE.to_string(),
+                build_command: "biocage image build (or: sudo scripts/setup.sh docker)".to_string(),
+            });
+        }
+        let session_id = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
+        let spec = ContainerSpec::new(&session_id, config, &plan)?;
+        let id = self.create_container(&spec, caps.cgroup_limits).await?;
+        let ops = Arc::new(DockerContainer {
+            docker: self.docker.clone(),
+            id,
+            name: spec.name.clone(),
+            user: spec.user.clone(),
+        });
+        let session =
+            AgentSession::start(session_id, ops, config.clone(), plan, spec.agent_argv).await?;
+        Ok(Box::new(session))
+    }
+
+    async fn list_sandboxes(&self) -> Result<Vec<SandboxSummary>> {
+        let mut filters = HashMap::new();
+        filters.insert("label".to_string(), vec![format!("{LABEL_MANAGED}=true")]);
+        let opts = ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let list = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(|e| Error::engine(ENGINE, "listing sandboxes", e))?;
+        Ok(list
+            .into_iter()
+            .map(|c| {
+                let labels = c.labels.unwrap_or_default();
+                SandboxSummary {
+                    container_id: c.id.unwrap_or_default(),
+                    name: c
+                        .names
+                        .and_then(|n| n.first().cloned())
+                        .unwrap_or_default()
+                        .trim_start_matches('/')
+                        .to_string(),
+                    session_id: labels.get(LABEL_SESSION).cloned().unwrap_or_default(),
+                    image: c.image.unwrap_or_default(),
+                    state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+                    owner_pid: labels.get(LABEL_OWNER_PID).and_then(|p| p.parse().ok()),
+                }
+            })
+            .collect())
+    }
+
+    async fn remove_sandbox(&self, id: &str) -> Result<()> {
+        remove_container(&self.docker, id).await
+    }
+}

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Builds the BioCage sandbox image.
+#
+#   ./build.sh                 docker build from BASE_IMAGE (default python:3.11-slim),
+#                              packages from the package index
+#   ./build.sh --offline       for machines without a container registry: the base image
+#                              is made from Debian packages (debootstrap) and the wheels
+#                              are downloaded on the host, then installed without an index
+#
+# Environment: TAG (default biocage:latest), BASE_IMAGE, ENGINE (docker or podman),
+# DEBIAN_MIRROR and DEBIAN_SUITE for --offline.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+TAG=${TAG:-biocage:latest}
+ENGINE=${ENGINE:-docker}
+mode=${1:-online}
+if [ "$mode" = --recipe-hash ]; then
+  cat "$here/Dockerfile" "$here/requirements.txt" "$here/run_stdin.py" | sha256sum | cut -c1-16
+  exit 0
+fi
+
+log() { echo "build.sh: $*" >&2; }
+
+debian_mirror() {
+  if [ -n "${DEBIAN_MIRROR:-}" ]; then echo "$DEBIAN_MIRROR"; return; fi
+  # The mirror this machine's apt already uses.
+  local m
+  m=$(grep -hsE '^(URIs:|deb )' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null \
+      | grep -v security | head -n1 | awk '{print ($1=="deb") ? $2 : $2}')
+  echo "${m:-http://deb.debian.org/debian}"
+}
+
+offline_base() {
+  local base=biocage-base:bookworm
+  if "$ENGINE" image inspect "$base" >/dev/null 2>&1; then echo "$base"; return; fi
+  command -v debootstrap >/dev/null || { log "debootstrap is missing: apt-get install -y debootstrap"; exit 1; }
+  local dir
+  dir=$(mktemp -d /tmp/biocage-rootfs.XXXXXX)
+  log "creating $base with debootstrap in $dir"
+  debootstrap --variant=minbase --include=python3 "${DEBIAN_SUITE:-bookworm}" "$dir" "$(debian_mirror)" >&2
+  rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/*
+  tar -C "$dir" -c . | "$ENGINE" import - "$base" >&2
+  rm -rf "$dir"
+  echo "$base"
+}
+
+download_wheels() {
+  local py
+  py=$("$ENGINE" run --rm "$1" python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+  log "downloading wheels for python $py into $here/wheels"
+  python3 -m pip download --quiet --only-binary=:all: --python-version "$py" \
+    --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
+    --platform manylinux_2_17_x86_64 --platform any \
+    -d "$here/wheels" -r "$here/requirements.txt" pip >&2
+}
+
+case "$mode" in
+  --offline)
+    base=$(offline_base)
+    download_wheels "$base"
+    BASE_IMAGE=$base
+    ;;
+  online|--online) ;;
+  *) log "unknown option '$mode' (use --offline or nothing)"; exit 2 ;;
+esac
+
+# The recipe's hash, as a label: setup scripts rebuild when the recipe changed.
+recipe=$(cat "$here/Dockerfile" "$here/requirements.txt" "$here/run_stdin.py" | sha256sum | cut -c1-16)
+args=(build -t "$TAG" --label "org.biocage.recipe=$recipe")
+[ -n "${BASE_IMAGE:-}" ] && args+=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
+log "$ENGINE ${args[*]} $here"
+"$ENGINE" "${args[@]}" "$here"

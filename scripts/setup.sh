@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Sets up everything BioCage needs on a Debian 12 machine, as root, idempotently:
+#   Docker Engine (started if not answering), rootless Podman for the user `biocage`
+#   (subuids, runtime dir, runc, API socket), and the sandbox image in both engines.
+# Fast when everything is already there. Usage: sudo scripts/setup.sh [docker|podman|all]
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+what=${1:-all}
+PODMAN_USER=${BIOCAGE_PODMAN_USER:-biocage}
+IMAGE=${BIOCAGE_IMAGE:-biocage:latest}
+LOGDIR=${BIOCAGE_LOGDIR:-/var/log/biocage}
+mkdir -p "$LOGDIR"
+
+log() { echo "setup: $*" >&2; }
+have() { command -v "$1" >/dev/null 2>&1; }
+
+apt_updated=0
+apt_install() {
+  local missing=()
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ $apt_updated -eq 0 ]; then apt-get update -qq; apt_updated=1; fi
+  log "installing ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >"$LOGDIR/apt.log" 2>&1 \
+    || { cat "$LOGDIR/apt.log" >&2; exit 1; }
+}
+
+wait_for() { # wait_for SECONDS command...
+  local t=$1; shift
+  for _ in $(seq 1 $((t * 5))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
+  return 1
+}
+
+setup_docker() {
+  apt_install docker.io debootstrap python3-pip
+  if ! docker version >/dev/null 2>&1; then
+    log "starting dockerd (log: $LOGDIR/dockerd.log)"
+    setsid dockerd >"$LOGDIR/dockerd.log" 2>&1 < /dev/null &
+    wait_for 60 docker version || { tail -20 "$LOGDIR/dockerd.log" >&2; log "dockerd did not start"; exit 1; }
+  fi
+  local want have
+  want=$("$root/python_docker/build.sh" --recipe-hash)
+  have=$(docker image inspect --format '{{ index .Config.Labels "org.biocage.recipe" }}' "$IMAGE" 2>/dev/null || true)
+  if [ "$want" != "$have" ]; then
+    log "building $IMAGE (offline path: Debian base + host wheels)"
+    TAG=$IMAGE "$root/python_docker/build.sh" --offline
+  fi
+}
+
+podman_env() {
+  local uid
+  uid=$(id -u "$PODMAN_USER")
+  echo "XDG_RUNTIME_DIR=/run/user/$uid"
+}
+
+as_podman_user() {
+  runuser -u "$PODMAN_USER" -- env -C / HOME="$(getent passwd "$PODMAN_USER" | cut -d: -f6)" "$(podman_env)" "$@"
+}
+
+setup_podman() {
+  apt_install podman uidmap slirp4netns runc
+  if ! id "$PODMAN_USER" >/dev/null 2>&1; then
+    log "creating user $PODMAN_USER"
+    useradd -m -s /bin/bash "$PODMAN_USER"
+  fi
+  grep -q "^$PODMAN_USER:" /etc/subuid || usermod --add-subuids 200000-265535 "$PODMAN_USER"
+  grep -q "^$PODMAN_USER:" /etc/subgid || usermod --add-subgids 200000-265535 "$PODMAN_USER"
+  local uid home run
+  uid=$(id -u "$PODMAN_USER"); home=$(getent passwd "$PODMAN_USER" | cut -d: -f6)
+  run=/run/user/$uid
+  install -d -m 0700 -o "$PODMAN_USER" -g "$PODMAN_USER" "$run" "$run/podman"
+  install -d -o "$PODMAN_USER" -g "$PODMAN_USER" "$home/.config" "$home/.config/containers"
+  # crun cannot run on hybrid cgroups here; no systemd, so cgroupfs and file events.
+  cat >"$home/.config/containers/containers.conf" <<CONF
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+CONF
+  chown "$PODMAN_USER:" "$home/.config/containers/containers.conf"
+  local sock=$run/podman/podman.sock
+  if ! as_podman_user podman --url "unix://$sock" version >/dev/null 2>&1; then
+    log "starting the rootless Podman API socket $sock (log: $LOGDIR/podman.log)"
+    as_podman_user podman system migrate >/dev/null 2>&1 || true
+    rm -f "$sock"
+    runuser -u "$PODMAN_USER" -- env -C / HOME="$home" "$(podman_env)" \
+      setsid podman system service --time=0 "unix://$sock" >"$LOGDIR/podman.log" 2>&1 < /dev/null &
+    wait_for 30 as_podman_user podman --url "unix://$sock" version || { tail -20 "$LOGDIR/podman.log" >&2; log "podman service did not start"; exit 1; }
+  fi
+  local want have_id
+  want=$(docker image inspect --format '{{.Id}}' "$IMAGE")
+  have_id=$(as_podman_user podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
+  if [ "sha256:$have_id" != "$want" ] && [ "$have_id" != "$want" ]; then
+    log "copying $IMAGE into $PODMAN_USER's Podman storage"
+    docker save "$IMAGE" | as_podman_user podman load >/dev/null
+  fi
+}
+
+case "$what" in
+  docker) setup_docker ;;
+  podman) setup_docker; setup_podman ;;
+  all) setup_docker; setup_podman ;;
+  *) log "unknown target '$what' (docker, podman or all)"; exit 2 ;;
+esac
+log "ready: docker $(docker version --format '{{.Server.Version}}'), image $IMAGE$( [ "$what" = docker ] || echo ", rootless podman socket unix://$(podman_env | cut -d= -f2)/podman/podman.sock")"

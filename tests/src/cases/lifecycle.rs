@@ -1,0 +1,95 @@
+//! Containers: hardened, labelled, listed, removed on close, on drop and by gc.
+
+use std::time::Duration;
+
+use biocage_core::SandboxRuntime;
+
+use crate::harness::{ok, run, session};
+
+/// The sandbox is hardened as designed: no network, read-only root, no capabilities,
+/// no-new-privileges, a non-root user, writable workspace and /tmp.
+pub async fn hardened_by_default(rt: &dyn SandboxRuntime) {
+    let s = session(rt).await;
+    let code = r#"
+import os, socket
+print("uid", os.getuid())
+caps = [l for l in open('/proc/self/status') if l.startswith(('CapEff', 'CapBnd', 'NoNewPrivs'))]
+print(''.join(caps), end='')
+try:
+    open('/usr/evil', 'w')
+    print('root writable')
+except OSError as e:
+    print('root', e.errno)
+open('/tmp/t', 'w').write('x'); open('workspace_file', 'w').write('y')
+print('cwd', os.getcwd())
+print('ifaces', sorted(n for _, n in socket.if_nameindex()))
+try:
+    socket.create_connection(('1.1.1.1', 53), timeout=2)
+    print('net open')
+except OSError as e:
+    print('net closed')
+"#;
+    let r = run(s.as_ref(), code).await;
+    let out = ok(&r);
+    assert!(out.contains("uid 1000"), "{out}");
+    assert!(out.contains("CapEff:\t0000000000000000"), "{out}");
+    assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+    assert!(out.contains("root 30"), "read-only root gives EROFS: {out}");
+    assert!(out.contains("cwd /workspace"), "{out}");
+    assert!(out.contains("ifaces ['lo']"), "{out}");
+    assert!(out.contains("net closed"), "{out}");
+    s.close().await.unwrap();
+}
+
+/// close() removes the container; the sandbox is listed by label while it lives.
+pub async fn close_removes_container(rt: &dyn SandboxRuntime) {
+    let s = session(rt).await;
+    let info = s.info().await.unwrap();
+    assert!(info.is_running);
+    assert_eq!(info.runtime, rt.name());
+    let listed = rt.list_sandboxes().await.unwrap();
+    assert!(listed.iter().any(|l| l.container_id == info.container_id && l.session_id == s.id()));
+    s.close().await.unwrap();
+    let listed = rt.list_sandboxes().await.unwrap();
+    assert!(!listed.iter().any(|l| l.container_id == info.container_id), "still there after close");
+}
+
+/// A session dropped without close is still cleaned up.
+pub async fn drop_cleans_up(rt: &dyn SandboxRuntime) {
+    let s = session(rt).await;
+    let id = s.info().await.unwrap().container_id;
+    drop(s);
+    for _ in 0..100 {
+        if !rt.list_sandboxes().await.unwrap().iter().any(|l| l.container_id == id) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("container {id} still there 20 s after its session was dropped");
+}
+
+/// restart() gives a fresh interpreter and kills what the old one left running.
+pub async fn restart_is_fresh(rt: &dyn SandboxRuntime) {
+    let s = session(rt).await;
+    ok(&run(s.as_ref(), "import subprocess\nx = 1\np = subprocess.Popen(['sleep', '300'])\nprint(p.pid)").await);
+    s.restart().await.unwrap();
+    let r = run(s.as_ref(), "import os\nprint('x' in dir())\nprint([p for p in os.listdir('/proc') if p.isdigit() and open(f'/proc/{p}/cmdline').read().startswith('sleep')])").await;
+    let out = ok(&r);
+    assert_eq!(out, "False\n[]\n", "fresh namespace, and the old sleep is gone");
+    assert!(!r.state_lost, "an asked-for restart is not a loss");
+    s.close().await.unwrap();
+}
+
+/// Managed sandboxes can be listed and removed by id.
+pub async fn remove_by_id(rt: &dyn SandboxRuntime) {
+    let s = session(rt).await;
+    let id = s.info().await.unwrap().container_id;
+    rt.remove_sandbox(&id).await.unwrap();
+    assert!(!rt.list_sandboxes().await.unwrap().iter().any(|l| l.container_id == id));
+    let err = s.run("print(1)").await;
+    match err {
+        Err(e) => assert!(e.to_string().contains("no longer running") || e.to_string().contains("supervisor"), "{e}"),
+        Ok(r) => assert!(!r.success, "a run in a removed sandbox cannot succeed: {}", r.to_json()),
+    }
+    drop(s);
+}

@@ -1,0 +1,77 @@
+//! Limits: memory, processes, cpu; each enforced and reported with its mechanism.
+
+use biocage_core::{Enforcement, ErrorKind, SandboxRuntime};
+
+use crate::harness::{caps, config_builder, ok, run, run_for, session};
+
+/// Every limit is reported with how it is held, and none is silently unenforced.
+pub async fn limits_are_reported(rt: &dyn SandboxRuntime) {
+    let caps = caps(rt).await;
+    let s = session(rt).await;
+    let info = s.info().await.unwrap();
+    let get = |n: &str| info.limits.iter().find(|l| l.name == n).unwrap_or_else(|| panic!("no {n} limit"));
+    let expect = if caps.cgroup_limits { Enforcement::Engine } else { Enforcement::Rlimit };
+    assert_eq!(get("memory").enforcement, expect);
+    assert_eq!(get("pids").enforcement, expect);
+    assert_eq!(get("timeout").enforcement, Enforcement::Agent);
+    assert_eq!(get("network").enforcement, Enforcement::Engine);
+    if caps.cgroup_limits {
+        assert_eq!(get("cpu").enforcement, Enforcement::Engine);
+    } else {
+        eprintln!("CAPABILITY ({}): cpu limit not enforceable; reported as unenforced", rt.name());
+        assert_eq!(get("cpu").enforcement, Enforcement::Unenforced);
+    }
+    s.close().await.unwrap();
+}
+
+/// Where a limit cannot be held at all, the session refuses to start unless allowed.
+pub async fn unenforceable_limit_refuses_to_start(rt: &dyn SandboxRuntime) {
+    let caps = caps(rt).await;
+    if caps.cgroup_limits {
+        eprintln!("CAPABILITY ({}): every limit enforceable; the refusal path does not apply", rt.name());
+        assert!(rt.limit_plan(&biocage_core::SandboxConfig::default()).await.is_ok());
+        return;
+    }
+    let err = rt
+        .create_session(&biocage_core::SandboxConfig::default())
+        .await
+        .err()
+        .expect("must refuse");
+    assert!(err.to_string().contains("cpu"), "{err}");
+}
+
+/// A memory bomb ends as an oom result; the session stays usable.
+pub async fn memory_bomb_is_oom(rt: &dyn SandboxRuntime) {
+    let config = config_builder(rt).await.memory("256m").build().unwrap();
+    let s = rt.create_session(&config).await.unwrap();
+    ok(&run(s.as_ref(), "import numpy as np\nsmall = np.ones(10)").await);
+    for code in [
+        "chunks = []\nwhile True:\n    chunks.append(bytearray(16 * 1024 * 1024))",
+        "import numpy as np\nbig = np.ones(2_000_000_000)",
+    ] {
+        let r = run_for(s.as_ref(), code, 60.0).await;
+        assert!(!r.success);
+        assert_eq!(r.error_kind(), Some(ErrorKind::Oom), "{code}: {}", r.to_json());
+        assert_eq!(r.exit_code, 137);
+        let r = run(s.as_ref(), "chunks = None; big = None\nprint(sum(range(10)))").await;
+        assert_eq!(ok(&r), "45\n");
+    }
+    s.close().await.unwrap();
+}
+
+/// A fork bomb is bounded by the process limit; the session recovers.
+pub async fn fork_bomb_is_bounded(rt: &dyn SandboxRuntime) {
+    let config = config_builder(rt).await.pids_limit(64).build().unwrap();
+    let s = rt.create_session(&config).await.unwrap();
+    let code = "import os, time\nn = 0\nwhile True:\n    try:\n        if os.fork() == 0:\n            time.sleep(30)\n            os._exit(0)\n        n += 1\n    except OSError as e:\n        print('fork failed after', n, e.errno)\n        break";
+    let r = run_for(s.as_ref(), code, 20.0).await;
+    assert!(r.stdout.contains("fork failed after"), "{}", r.to_json());
+    let n: u32 = r.stdout.split_whitespace().nth(3).unwrap().parse().unwrap();
+    assert!(n < 64, "forked {n} processes with a limit of 64");
+    let r = run(s.as_ref(), "import subprocess\nprint(subprocess.run(['true']).returncode)").await;
+    assert!(r.success || r.state_lost, "{}", r.to_json());
+    s.restart().await.unwrap();
+    let r = run(s.as_ref(), "import subprocess\nprint(subprocess.run(['true']).returncode)").await;
+    assert_eq!(ok(&r), "0\n", "restart kills the bomb's processes");
+    s.close().await.unwrap();
+}

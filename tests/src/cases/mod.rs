@@ -1,0 +1,9 @@
+//! The behaviours every backend must show, one module per area.
+
+pub mod crashes;
+pub mod errors;
+pub mod lifecycle;
+pub mod limits;
+pub mod output;
+pub mod state;
+pub mod timeouts;

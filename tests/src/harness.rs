@@ -1,0 +1,79 @@
+//! Picking the engines under test, and small helpers shared by the cases.
+
+use std::time::Duration;
+
+use biocage_core::{Capabilities, ExecutionResult, SandboxConfig, SandboxRuntime, Session};
+
+/// The variable naming the engines that must be tested.
+pub const ENGINES_VAR: &str = "BIOCAGE_TEST_ENGINES";
+
+/// Connects to `engine` (by name) whatever the variable says.
+pub async fn connect(engine: &str) -> biocage_core::Result<Box<dyn SandboxRuntime>> {
+    match engine {
+        "docker" => Ok(Box::new(biocage_docker::DockerRuntime::connect().await?)),
+        other => panic!("unknown engine {other:?} in the test matrix"),
+    }
+}
+
+/// The runtime for `engine` if it is under test; `None` (after one loud line) if not.
+/// Panics when the engine is required but unreachable.
+pub async fn runtime(engine: &str) -> Option<Box<dyn SandboxRuntime>> {
+    let wanted = match std::env::var(ENGINES_VAR) {
+        Ok(v) => v,
+        Err(_) => {
+            eprintln!("SKIPPED ({engine}): set {ENGINES_VAR}=docker,podman to run the engine tests");
+            return None;
+        }
+    };
+    if !wanted.split(',').any(|e| e.trim() == engine) {
+        eprintln!("SKIPPED ({engine}): not listed in {ENGINES_VAR}={wanted}");
+        return None;
+    }
+    match connect(engine).await {
+        Ok(rt) => Some(rt),
+        Err(e) => panic!("{engine} is required by {ENGINES_VAR} but unusable: {e}"),
+    }
+}
+
+/// The config the suite uses on `rt`: the defaults, plus permission to start where the
+/// engine cannot hold a cpu limit (that difference is asserted by its own case).
+pub async fn config(rt: &dyn SandboxRuntime) -> SandboxConfig {
+    config_builder(rt).await.build().expect("valid config")
+}
+
+/// A builder primed like [`config`].
+pub async fn config_builder(rt: &dyn SandboxRuntime) -> biocage_core::SandboxConfigBuilder {
+    let caps = caps(rt).await;
+    SandboxConfig::builder().allow_unenforced_limits(!caps.cgroup_limits)
+}
+
+/// The engine's capabilities.
+pub async fn caps(rt: &dyn SandboxRuntime) -> Capabilities {
+    rt.capabilities().await.expect("capabilities")
+}
+
+/// A session with the suite's config.
+pub async fn session(rt: &dyn SandboxRuntime) -> Box<dyn Session> {
+    let config = config(rt).await;
+    rt.create_session(&config).await.expect("create session")
+}
+
+/// Runs `code` and returns the result, failing the test on a sandbox error.
+pub async fn run(s: &dyn Session, code: &str) -> ExecutionResult {
+    s.run(code).await.unwrap_or_else(|e| panic!("run failed: {e}\ncode:\n{code}"))
+}
+
+/// Runs `code` with a time limit.
+pub async fn run_for(s: &dyn Session, code: &str, secs: f64) -> ExecutionResult {
+    s.run_with_timeout(code, Duration::from_secs_f64(secs))
+        .await
+        .unwrap_or_else(|e| panic!("run failed: {e}\ncode:\n{code}"))
+}
+
+/// Asserts success and returns stdout.
+pub fn ok(r: &ExecutionResult) -> &str {
+    assert!(r.success, "expected success, got {}", r.to_json());
+    assert_eq!(r.exit_code, 0, "{}", r.to_json());
+    assert!(r.error.is_none());
+    &r.stdout
+}

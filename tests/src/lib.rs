@@ -1,0 +1,9 @@
+//! The conformance suite: behaviours written once as functions over
+//! `&dyn SandboxRuntime`, instantiated for every backend in `tests/conformance.rs`.
+//!
+//! Engines under test come from `BIOCAGE_TEST_ENGINES` (comma-separated, e.g.
+//! `docker,podman`). A listed engine that cannot be reached fails its tests; without
+//! the variable, engine tests skip with one loud line each.
+
+pub mod cases;
+pub mod harness;

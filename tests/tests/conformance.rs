@@ -1,0 +1,47 @@
+//! The conformance suite, instantiated for every backend.
+
+use biocage_conformance::{cases, harness};
+use rstest::rstest;
+
+macro_rules! conformance {
+    ($($module:ident :: $case:ident),* $(,)?) => {$(
+        #[rstest]
+        #[case::docker("docker")]
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $case(#[case] engine: &str) {
+            if let Some(rt) = harness::runtime(engine).await {
+                cases::$module::$case(rt.as_ref()).await;
+            }
+        }
+    )*};
+}
+
+conformance!(
+    state::seed_state_persistence,
+    state::objects_persist,
+    state::last_expression_value,
+    output::captures_every_writer,
+    output::output_is_capped,
+    output::protocol_lookalikes_are_plain_output,
+    output::background_output_is_not_misattributed,
+    errors::seed_error_handling,
+    errors::traceback_shows_user_code,
+    errors::syntax_error_has_line,
+    errors::input_gets_eof,
+    timeouts::timeout_interrupts_and_keeps_state,
+    timeouts::ignored_interrupt_is_killed,
+    timeouts::blocking_call_times_out,
+    timeouts::host_interrupt,
+    crashes::worker_death_is_survived,
+    crashes::supervisor_killed_is_survived,
+    crashes::stdio_sabotage_is_repaired,
+    limits::limits_are_reported,
+    limits::unenforceable_limit_refuses_to_start,
+    limits::memory_bomb_is_oom,
+    limits::fork_bomb_is_bounded,
+    lifecycle::hardened_by_default,
+    lifecycle::close_removes_container,
+    lifecycle::drop_cleans_up,
+    lifecycle::restart_is_fresh,
+    lifecycle::remove_by_id,
+);
