@@ -47,18 +47,22 @@ def _no_dump():
 def run_init(grace):
     """PID 1: reap children; exit when no supervisor has lived for `grace` seconds."""
     _no_dump()
-    # Only SIGCHLD gets a handler: PID 1 ignores any other signal it has no handler
-    # for, so sandbox code cannot stop the container from inside.
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    last_seen = time.monotonic()
+    # PID 1 ignores every signal it has no handler for, so sandbox code cannot stop
+    # the container from inside. SIGCHLD is blocked and waited for, to reap at once.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+    last_seen = last_check = time.monotonic()
     mark = ("\0" + SERVE_MARK + "\0").encode()
     while True:
+        signal.sigtimedwait({signal.SIGCHLD}, 0.5)
         _reap_all()
+        now = time.monotonic()
+        if now - last_check < 0.5:
+            continue
+        last_check = now
         if _supervisor_alive(mark):
-            last_seen = time.monotonic()
-        elif time.monotonic() - last_seen > grace:
+            last_seen = now
+        elif now - last_seen > grace:
             sys.exit(0)
-        time.sleep(0.5)
 
 
 def _reap_all():
@@ -155,6 +159,7 @@ class Worker:
         self.cell += 1
         reply = self.execute(req["code"], req.get("filename") or "<cell-%d>" % self.cell)
         reply["id"] = req["id"]
+        reply["culled"] = _cull_if_near_limit(self.config.get("pids_limit"))
         if self.config.get("capture_figures"):
             reply["images"] = _collect_figures()
         for stream in (sys.stdout, sys.stderr, self.stdout, self.stderr):
@@ -229,6 +234,36 @@ class Worker:
                 stream.flush()
             except Exception:
                 pass
+
+
+def _cull_if_near_limit(limit):
+    """Kills what a run left running once the sandbox nears its process limit (a fork
+    bomb), so that the next run can start processes; the worker and its state stay.
+    Runs in the worker, which reaps those that were its own children."""
+    if not limit:
+        return 0
+    pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    if len(pids) < limit * 3 // 4:
+        return 0
+    keep = {1, os.getpid(), os.getppid()}
+    me = os.getuid()
+    killed = []
+    for pid in pids:
+        if pid in keep:
+            continue
+        try:
+            if os.stat("/proc/%d" % pid).st_uid != me:
+                continue
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        except OSError:
+            pass
+    for pid in killed:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass  # not ours: init reaps it
+    return len(killed)
 
 
 def _collect_figures():
@@ -547,6 +582,10 @@ class Supervisor:
     def finish_ok(self, reply):
         res = self.base_result()
         self.lost_since_last_run = False
+        culled = reply.get("culled")
+        if culled:
+            res["stderr"] += ("\n[biocage] the run left %d processes and the sandbox was at its "
+                              "process limit; they were killed\n" % culled)
         err = reply.get("error")
         res["value"] = reply.get("value")
         res["images"] = reply.get("images") or []

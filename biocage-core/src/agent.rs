@@ -37,6 +37,7 @@ pub fn kill_all_argv() -> Vec<String> {
     vec![
         "python3".into(),
         "-c".into(),
-        "import os, signal\ntry:\n    os.kill(-1, signal.SIGKILL)\nexcept OSError:\n    pass".into(),
+        "import os, signal\ntry:\n    os.kill(-1, signal.SIGKILL)\nexcept OSError:\n    pass"
+            .into(),
     ]
 }

@@ -133,7 +133,11 @@ impl SandboxConfig {
             );
         }
         if !(self.cpus.is_finite() && self.cpus >= 0.01 && self.cpus <= 1024.0) {
-            return bad("cpus", self.cpus.to_string(), "must be between 0.01 and 1024");
+            return bad(
+                "cpus",
+                self.cpus.to_string(),
+                "must be between 0.01 and 1024",
+            );
         }
         if self.pids_limit < 16 {
             return bad(
@@ -163,7 +167,12 @@ impl SandboxConfig {
                 "must be an absolute path without '..'",
             );
         }
-        if self.user.split(':').next().is_some_and(|u| u == "0" || u == "root") {
+        if self
+            .user
+            .split(':')
+            .next()
+            .is_some_and(|u| u == "0" || u == "root")
+        {
             return bad(
                 "user",
                 self.user.clone(),
@@ -172,7 +181,11 @@ impl SandboxConfig {
         }
         for key in self.env.keys() {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
-                return bad("env", key.clone(), "names must be non-empty, without '=' or NUL");
+                return bad(
+                    "env",
+                    key.clone(),
+                    "names must be non-empty, without '=' or NUL",
+                );
             }
         }
         crate::spec::validate_exposures(self)

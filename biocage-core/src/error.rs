@@ -82,7 +82,11 @@ pub enum Error {
 
 impl Error {
     /// An [`Error::Engine`] for `engine` while doing `action`.
-    pub fn engine(engine: &str, action: impl Into<String>, message: impl std::fmt::Display) -> Self {
+    pub fn engine(
+        engine: &str,
+        action: impl Into<String>,
+        message: impl std::fmt::Display,
+    ) -> Self {
         Error::Engine {
             engine: engine.to_string(),
             action: action.into(),

@@ -62,7 +62,6 @@ pub struct LimitPlan {
     pub rlimits: BTreeMap<String, u64>,
 }
 
-
 impl LimitPlan {
     /// The plan for `config` on an engine with `caps`; refuses a limit nobody can hold
     /// unless the config allows it.
@@ -207,7 +206,10 @@ mod tests {
         let plan = LimitPlan::new(&caps(false), &config).unwrap();
         assert_eq!(plan.get("memory").unwrap().enforcement, Enforcement::Rlimit);
         assert_eq!(plan.get("pids").unwrap().enforcement, Enforcement::Rlimit);
-        assert_eq!(plan.get("cpu").unwrap().enforcement, Enforcement::Unenforced);
+        assert_eq!(
+            plan.get("cpu").unwrap().enforcement,
+            Enforcement::Unenforced
+        );
         assert_eq!(plan.rlimits["data"], 512 << 20);
         assert_eq!(plan.rlimits["nproc"], 256);
     }

@@ -143,7 +143,14 @@ impl AgentSession {
         Ok(reply)
     }
 
-    fn lost_result(&self, kind: ErrorKind, name: &str, message: String, code: i32, elapsed: f64) -> ExecutionResult {
+    fn lost_result(
+        &self,
+        kind: ErrorKind,
+        name: &str,
+        message: String,
+        code: i32,
+        elapsed: f64,
+    ) -> ExecutionResult {
         let mut r = ExecutionResult::sandbox_failure(message, true);
         r.exit_code = code;
         r.execution_time = elapsed;
@@ -206,11 +213,16 @@ impl Session for AgentSession {
         let outcome = channel.request(msg, wait).await;
         let elapsed = started.elapsed().as_secs_f64();
         let mut result = match outcome {
-            Ok(reply) if reply["op"] == "result" => serde_json::from_value::<ExecutionResult>(reply)
-                .map_err(|e| Error::Agent(format!("malformed result from the agent: {e}")))?,
+            Ok(reply) if reply["op"] == "result" => {
+                serde_json::from_value::<ExecutionResult>(reply)
+                    .map_err(|e| Error::Agent(format!("malformed result from the agent: {e}")))?
+            }
             Ok(reply) => {
                 return Err(Error::Agent(
-                    reply["message"].as_str().unwrap_or("unexpected reply").to_string(),
+                    reply["message"]
+                        .as_str()
+                        .unwrap_or("unexpected reply")
+                        .to_string(),
                 ))
             }
             Err(ChannelError::Closed) | Err(ChannelError::Send(_)) => {
@@ -254,7 +266,10 @@ impl Session for AgentSession {
         self.check_open()?;
         let _one_run = self.run_lock.lock().await;
         let channel = self.channel().await;
-        match channel.request(json!({"op": "restart"}), QUICK_TIMEOUT).await {
+        match channel
+            .request(json!({"op": "restart"}), QUICK_TIMEOUT)
+            .await
+        {
             Ok(_) => Ok(()),
             Err(_) => {
                 self.reconnect().await?;

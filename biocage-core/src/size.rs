@@ -10,7 +10,10 @@ pub fn parse_size(field: &'static str, text: &str) -> Result<u64> {
         reason: format!("{reason}; use a number of bytes or a size such as 512m, 2g, 64k"),
     };
     let t = text.trim().to_ascii_lowercase();
-    let t = t.strip_suffix("ib").or_else(|| t.strip_suffix('b')).unwrap_or(&t);
+    let t = t
+        .strip_suffix("ib")
+        .or_else(|| t.strip_suffix('b'))
+        .unwrap_or(&t);
     let (num, mult) = match t.chars().last() {
         Some('k') => (&t[..t.len() - 1], 1u64 << 10),
         Some('m') => (&t[..t.len() - 1], 1 << 20),
@@ -19,10 +22,7 @@ pub fn parse_size(field: &'static str, text: &str) -> Result<u64> {
         Some(_) => (t, 1),
         None => return Err(bad("empty size")),
     };
-    let value: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| bad("not a number"))?;
+    let value: f64 = num.trim().parse().map_err(|_| bad("not a number"))?;
     if !value.is_finite() || value < 0.0 {
         return Err(bad("must be a positive number"));
     }

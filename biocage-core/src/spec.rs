@@ -19,8 +19,21 @@ pub const LABEL_OWNER_PID: &str = "org.biocage.owner-pid";
 
 /// Container paths no exposure may cover: the system, and the agent's own places.
 const RESERVED_TARGETS: &[&str] = &[
-    "/proc", "/sys", "/dev", "/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64",
-    "/libx32", "/boot", "/run", "/var/run", "/opt/biocage",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/usr",
+    "/etc",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/boot",
+    "/run",
+    "/var/run",
+    "/opt/biocage",
 ];
 
 /// A tmpfs mounted in the container.
@@ -146,6 +159,7 @@ impl ContainerSpec {
             "capture_figures": config.capture_figures,
             "workdir": config.workspace,
             "file_roots": file_roots,
+            "pids_limit": config.pids_limit,
         });
         Ok(ContainerSpec {
             name: format!("biocage-{session_id}"),
@@ -183,10 +197,7 @@ fn parse_user(user: &str) -> Option<(u32, u32)> {
 pub fn is_absolute_clean(path: &str) -> bool {
     path.starts_with('/')
         && !path.contains('\0')
-        && path
-            .split('/')
-            .skip(1)
-            .all(|c| c != ".." && c != ".")
+        && path.split('/').skip(1).all(|c| c != ".." && c != ".")
 }
 
 fn normalize(path: &str) -> String {
@@ -279,7 +290,10 @@ mod tests {
         assert_eq!(s.labels[LABEL_SESSION], "abc");
         assert!(!s.network);
         assert_eq!(s.user, "1000:1000");
-        assert!(s.tmpfs.iter().any(|t| t.target == "/workspace" && t.options.contains("uid=1000")));
+        assert!(s
+            .tmpfs
+            .iter()
+            .any(|t| t.target == "/workspace" && t.options.contains("uid=1000")));
         assert_eq!(s.agent_argv[0], "python3");
         assert!(s.agent_argv.contains(&"biocage-serve".to_string()));
     }
@@ -310,6 +324,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("two exposures"), "{err}");
-        assert!(SandboxConfig::builder().expose(&dir, "/data/in").build().is_ok());
+        assert!(SandboxConfig::builder()
+            .expose(&dir, "/data/in")
+            .build()
+            .is_ok());
     }
 }

@@ -76,7 +76,9 @@ impl ContainerOps for DockerContainer {
             .docker
             .create_exec(&self.id, config)
             .await
-            .map_err(|e| Error::engine(ENGINE, format!("starting the agent in {}", self.name), e))?;
+            .map_err(|e| {
+                Error::engine(ENGINE, format!("starting the agent in {}", self.name), e)
+            })?;
         let opts = StartExecOptions {
             detach: false,
             tty: false,
@@ -86,8 +88,13 @@ impl ContainerOps for DockerContainer {
             .docker
             .start_exec(&exec.id, Some(opts))
             .await
-            .map_err(|e| Error::engine(ENGINE, format!("attaching to the agent in {}", self.name), e))?
-        {
+            .map_err(|e| {
+                Error::engine(
+                    ENGINE,
+                    format!("attaching to the agent in {}", self.name),
+                    e,
+                )
+            })? {
             StartExecResults::Attached { output, input } => {
                 let name = self.name.clone();
                 let stdout = output

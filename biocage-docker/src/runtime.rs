@@ -79,7 +79,11 @@ impl DockerRuntime {
             .map_err(|e| Error::engine(ENGINE, format!("creating container {}", spec.name), e))?;
         if let Err(e) = self.docker.start_container(&created.id, None).await {
             let _ = remove_container(&self.docker, &created.id).await;
-            return Err(Error::engine(ENGINE, format!("starting container {}", spec.name), e));
+            return Err(Error::engine(
+                ENGINE,
+                format!("starting container {}", spec.name),
+                e,
+            ));
         }
         Ok(created.id)
     }
@@ -132,7 +136,11 @@ impl SandboxRuntime for DockerRuntime {
         match self.docker.inspect_image(image).await {
             Ok(_) => Ok(true),
             Err(e) if is_not_found(&e) => Ok(false),
-            Err(e) => Err(Error::engine(ENGINE, format!("looking up image {image}"), e)),
+            Err(e) => Err(Error::engine(
+                ENGINE,
+                format!("looking up image {image}"),
+                e,
+            )),
         }
     }
 

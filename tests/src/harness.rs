@@ -21,7 +21,9 @@ pub async fn runtime(engine: &str) -> Option<Box<dyn SandboxRuntime>> {
     let wanted = match std::env::var(ENGINES_VAR) {
         Ok(v) => v,
         Err(_) => {
-            eprintln!("SKIPPED ({engine}): set {ENGINES_VAR}=docker,podman to run the engine tests");
+            eprintln!(
+                "SKIPPED ({engine}): set {ENGINES_VAR}=docker,podman to run the engine tests"
+            );
             return None;
         }
     };
@@ -60,7 +62,9 @@ pub async fn session(rt: &dyn SandboxRuntime) -> Box<dyn Session> {
 
 /// Runs `code` and returns the result, failing the test on a sandbox error.
 pub async fn run(s: &dyn Session, code: &str) -> ExecutionResult {
-    s.run(code).await.unwrap_or_else(|e| panic!("run failed: {e}\ncode:\n{code}"))
+    s.run(code)
+        .await
+        .unwrap_or_else(|e| panic!("run failed: {e}\ncode:\n{code}"))
 }
 
 /// Runs `code` with a time limit.

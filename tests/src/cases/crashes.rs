@@ -8,16 +8,33 @@ use crate::harness::{ok, run, session};
 pub async fn worker_death_is_survived(rt: &dyn SandboxRuntime) {
     let s = session(rt).await;
     for (code, name, exit) in [
-        ("import os\nprint('bye', flush=True)\nos._exit(3)", "SystemExit", 1),
+        (
+            "import os\nprint('bye', flush=True)\nos._exit(3)",
+            "SystemExit",
+            1,
+        ),
         ("import ctypes\nctypes.string_at(0)", "SIGSEGV", 137),
         ("import sys\nsys.exit(2)", "SystemExit", 1),
-        ("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)", "SIGKILL", 137),
+        (
+            "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)",
+            "SIGKILL",
+            137,
+        ),
     ] {
         ok(&run(s.as_ref(), "kept = 1").await);
         let r = run(s.as_ref(), code).await;
         assert!(!r.success);
-        assert_eq!(r.error_kind(), Some(ErrorKind::Crashed), "{code}: {}", r.to_json());
-        assert_eq!(r.error.as_ref().unwrap().name.as_deref(), Some(name), "{code}");
+        assert_eq!(
+            r.error_kind(),
+            Some(ErrorKind::Crashed),
+            "{code}: {}",
+            r.to_json()
+        );
+        assert_eq!(
+            r.error.as_ref().unwrap().name.as_deref(),
+            Some(name),
+            "{code}"
+        );
         assert_eq!(r.exit_code, exit, "{code}");
         assert!(r.state_lost, "{code}");
         let r = run(s.as_ref(), "print('kept' in dir())").await;
@@ -49,11 +66,22 @@ pub async fn supervisor_killed_is_survived(rt: &dyn SandboxRuntime) {
 /// Closing fds 0-2 or replacing sys.stdout does not break the next run.
 pub async fn stdio_sabotage_is_repaired(rt: &dyn SandboxRuntime) {
     let s = session(rt).await;
-    let r = run(s.as_ref(), "import sys, io\nsys.stdout = io.StringIO()\nprint('hidden')\nx = 1").await;
+    let r = run(
+        s.as_ref(),
+        "import sys, io\nsys.stdout = io.StringIO()\nprint('hidden')\nx = 1",
+    )
+    .await;
     assert!(r.success);
     assert_eq!(r.stdout, "");
-    assert_eq!(ok(&run(s.as_ref(), "print('visible', x)").await), "visible 1\n");
-    let r = run(s.as_ref(), "import os\nos.close(0); os.close(1); os.close(2)\ny = 2").await;
+    assert_eq!(
+        ok(&run(s.as_ref(), "print('visible', x)").await),
+        "visible 1\n"
+    );
+    let r = run(
+        s.as_ref(),
+        "import os\nos.close(0); os.close(1); os.close(2)\ny = 2",
+    )
+    .await;
     assert!(r.success, "{}", r.to_json());
     assert_eq!(ok(&run(s.as_ref(), "print('back', y)").await), "back 2\n");
     s.close().await.unwrap();

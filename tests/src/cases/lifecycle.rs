@@ -48,10 +48,15 @@ pub async fn close_removes_container(rt: &dyn SandboxRuntime) {
     assert!(info.is_running);
     assert_eq!(info.runtime, rt.name());
     let listed = rt.list_sandboxes().await.unwrap();
-    assert!(listed.iter().any(|l| l.container_id == info.container_id && l.session_id == s.id()));
+    assert!(listed
+        .iter()
+        .any(|l| l.container_id == info.container_id && l.session_id == s.id()));
     s.close().await.unwrap();
     let listed = rt.list_sandboxes().await.unwrap();
-    assert!(!listed.iter().any(|l| l.container_id == info.container_id), "still there after close");
+    assert!(
+        !listed.iter().any(|l| l.container_id == info.container_id),
+        "still there after close"
+    );
 }
 
 /// A session dropped without close is still cleaned up.
@@ -60,7 +65,13 @@ pub async fn drop_cleans_up(rt: &dyn SandboxRuntime) {
     let id = s.info().await.unwrap().container_id;
     drop(s);
     for _ in 0..100 {
-        if !rt.list_sandboxes().await.unwrap().iter().any(|l| l.container_id == id) {
+        if !rt
+            .list_sandboxes()
+            .await
+            .unwrap()
+            .iter()
+            .any(|l| l.container_id == id)
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -71,11 +82,18 @@ pub async fn drop_cleans_up(rt: &dyn SandboxRuntime) {
 /// restart() gives a fresh interpreter and kills what the old one left running.
 pub async fn restart_is_fresh(rt: &dyn SandboxRuntime) {
     let s = session(rt).await;
-    ok(&run(s.as_ref(), "import subprocess\nx = 1\np = subprocess.Popen(['sleep', '300'])\nprint(p.pid)").await);
+    ok(&run(
+        s.as_ref(),
+        "import subprocess\nx = 1\np = subprocess.Popen(['sleep', '300'])\nprint(p.pid)",
+    )
+    .await);
     s.restart().await.unwrap();
     let r = run(s.as_ref(), "import os\nprint('x' in dir())\nprint([p for p in os.listdir('/proc') if p.isdigit() and open(f'/proc/{p}/cmdline').read().startswith('sleep')])").await;
     let out = ok(&r);
-    assert_eq!(out, "False\n[]\n", "fresh namespace, and the old sleep is gone");
+    assert_eq!(
+        out, "False\n[]\n",
+        "fresh namespace, and the old sleep is gone"
+    );
     assert!(!r.state_lost, "an asked-for restart is not a loss");
     s.close().await.unwrap();
 }
@@ -85,11 +103,23 @@ pub async fn remove_by_id(rt: &dyn SandboxRuntime) {
     let s = session(rt).await;
     let id = s.info().await.unwrap().container_id;
     rt.remove_sandbox(&id).await.unwrap();
-    assert!(!rt.list_sandboxes().await.unwrap().iter().any(|l| l.container_id == id));
+    assert!(!rt
+        .list_sandboxes()
+        .await
+        .unwrap()
+        .iter()
+        .any(|l| l.container_id == id));
     let err = s.run("print(1)").await;
     match err {
-        Err(e) => assert!(e.to_string().contains("no longer running") || e.to_string().contains("supervisor"), "{e}"),
-        Ok(r) => assert!(!r.success, "a run in a removed sandbox cannot succeed: {}", r.to_json()),
+        Err(e) => assert!(
+            e.to_string().contains("no longer running") || e.to_string().contains("supervisor"),
+            "{e}"
+        ),
+        Ok(r) => assert!(
+            !r.success,
+            "a run in a removed sandbox cannot succeed: {}",
+            r.to_json()
+        ),
     }
     drop(s);
 }

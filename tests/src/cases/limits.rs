@@ -9,8 +9,17 @@ pub async fn limits_are_reported(rt: &dyn SandboxRuntime) {
     let caps = caps(rt).await;
     let s = session(rt).await;
     let info = s.info().await.unwrap();
-    let get = |n: &str| info.limits.iter().find(|l| l.name == n).unwrap_or_else(|| panic!("no {n} limit"));
-    let expect = if caps.cgroup_limits { Enforcement::Engine } else { Enforcement::Rlimit };
+    let get = |n: &str| {
+        info.limits
+            .iter()
+            .find(|l| l.name == n)
+            .unwrap_or_else(|| panic!("no {n} limit"))
+    };
+    let expect = if caps.cgroup_limits {
+        Enforcement::Engine
+    } else {
+        Enforcement::Rlimit
+    };
     assert_eq!(get("memory").enforcement, expect);
     assert_eq!(get("pids").enforcement, expect);
     assert_eq!(get("timeout").enforcement, Enforcement::Agent);
@@ -18,7 +27,10 @@ pub async fn limits_are_reported(rt: &dyn SandboxRuntime) {
     if caps.cgroup_limits {
         assert_eq!(get("cpu").enforcement, Enforcement::Engine);
     } else {
-        eprintln!("CAPABILITY ({}): cpu limit not enforceable; reported as unenforced", rt.name());
+        eprintln!(
+            "CAPABILITY ({}): cpu limit not enforceable; reported as unenforced",
+            rt.name()
+        );
         assert_eq!(get("cpu").enforcement, Enforcement::Unenforced);
     }
     s.close().await.unwrap();
@@ -28,8 +40,14 @@ pub async fn limits_are_reported(rt: &dyn SandboxRuntime) {
 pub async fn unenforceable_limit_refuses_to_start(rt: &dyn SandboxRuntime) {
     let caps = caps(rt).await;
     if caps.cgroup_limits {
-        eprintln!("CAPABILITY ({}): every limit enforceable; the refusal path does not apply", rt.name());
-        assert!(rt.limit_plan(&biocage_core::SandboxConfig::default()).await.is_ok());
+        eprintln!(
+            "CAPABILITY ({}): every limit enforceable; the refusal path does not apply",
+            rt.name()
+        );
+        assert!(rt
+            .limit_plan(&biocage_core::SandboxConfig::default())
+            .await
+            .is_ok());
         return;
     }
     let err = rt
@@ -51,9 +69,18 @@ pub async fn memory_bomb_is_oom(rt: &dyn SandboxRuntime) {
     ] {
         let r = run_for(s.as_ref(), code, 60.0).await;
         assert!(!r.success);
-        assert_eq!(r.error_kind(), Some(ErrorKind::Oom), "{code}: {}", r.to_json());
+        assert_eq!(
+            r.error_kind(),
+            Some(ErrorKind::Oom),
+            "{code}: {}",
+            r.to_json()
+        );
         assert_eq!(r.exit_code, 137);
-        let r = run(s.as_ref(), "chunks = None; big = None\nprint(sum(range(10)))").await;
+        let r = run(
+            s.as_ref(),
+            "chunks = None; big = None\nprint(sum(range(10)))",
+        )
+        .await;
         assert_eq!(ok(&r), "45\n");
     }
     s.close().await.unwrap();
@@ -68,10 +95,34 @@ pub async fn fork_bomb_is_bounded(rt: &dyn SandboxRuntime) {
     assert!(r.stdout.contains("fork failed after"), "{}", r.to_json());
     let n: u32 = r.stdout.split_whitespace().nth(3).unwrap().parse().unwrap();
     assert!(n < 64, "forked {n} processes with a limit of 64");
-    let r = run(s.as_ref(), "import subprocess\nprint(subprocess.run(['true']).returncode)").await;
-    assert!(r.success || r.state_lost, "{}", r.to_json());
+    assert!(
+        r.stderr.contains("process limit"),
+        "the cull is reported: {}",
+        r.to_json()
+    );
+    let r = run(
+        s.as_ref(),
+        "import subprocess\nprint(subprocess.run(['true']).returncode, n > 0)",
+    )
+    .await;
+    assert_eq!(
+        ok(&r),
+        "0 True\n",
+        "the bomb's processes are gone and state is kept"
+    );
+    assert!(!r.state_lost);
+    let r = run_for(s.as_ref(), "import threading, time\nts = []\nwhile True:\n    t = threading.Thread(target=time.sleep, args=(30,), daemon=True)\n    t.start()\n    ts.append(t)", 20.0).await;
+    assert!(
+        !r.success,
+        "a thread flood ends in an error: {}",
+        r.to_json()
+    );
     s.restart().await.unwrap();
-    let r = run(s.as_ref(), "import subprocess\nprint(subprocess.run(['true']).returncode)").await;
-    assert_eq!(ok(&r), "0\n", "restart kills the bomb's processes");
+    let r = run(
+        s.as_ref(),
+        "import subprocess\nprint(subprocess.run(['true']).returncode)",
+    )
+    .await;
+    assert_eq!(ok(&r), "0\n", "restart clears the thread flood");
     s.close().await.unwrap();
 }

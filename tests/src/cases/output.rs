@@ -26,7 +26,11 @@ libc.write(2, b"c-err\n", 6)
         assert!(out.contains(want), "stdout lacks {want}: {out:?}");
     }
     for want in ["p-err", "fd-err", "sh-err", "sub-err", "c-err"] {
-        assert!(r.stderr.contains(want), "stderr lacks {want}: {:?}", r.stderr);
+        assert!(
+            r.stderr.contains(want),
+            "stderr lacks {want}: {:?}",
+            r.stderr
+        );
         assert!(!out.contains(want), "{want} leaked into stdout");
     }
     s.close().await.unwrap();
@@ -63,7 +67,10 @@ pub async fn protocol_lookalikes_are_plain_output(rt: &dyn SandboxRuntime) {
     assert_eq!(r.exit_code, 1);
     assert!(r.stdout.contains("forged"), "the lookalike is plain output");
     assert!(r.stdout.contains('\u{fffd}'), "invalid UTF-8 is replaced");
-    assert_eq!(r.error.as_ref().unwrap().name.as_deref(), Some("ValueError"));
+    assert_eq!(
+        r.error.as_ref().unwrap().name.as_deref(),
+        Some("ValueError")
+    );
     let r = run(s.as_ref(), "print('next')").await;
     assert_eq!(ok(&r), "next\n");
     s.close().await.unwrap();
@@ -78,7 +85,11 @@ pub async fn background_output_is_not_misattributed(rt: &dyn SandboxRuntime) {
     assert_eq!(ok(&r), "early\n");
     tokio::time::sleep(std::time::Duration::from_millis(800)).await;
     let r = run(s.as_ref(), "print('second')").await;
-    assert_eq!(ok(&r), "second\n", "output from between runs must not be attributed");
+    assert_eq!(
+        ok(&r),
+        "second\n",
+        "output from between runs must not be attributed"
+    );
     close(s).await;
 }
 
