@@ -39,6 +39,7 @@ offline_base() {
   log "creating $base with debootstrap in $dir"
   debootstrap --variant=minbase --include=python3 "${DEBIAN_SUITE:-bookworm}" "$dir" "$(debian_mirror)" >&2
   rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/*
+  chmod 0755 "$dir"  # mktemp made it 0700: as the image's root, non-root users could not enter it
   tar -C "$dir" -c . | "$ENGINE" import - "$base" >&2
   rm -rf "$dir"
   echo "$base"

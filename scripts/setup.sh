@@ -77,8 +77,18 @@ runtime = "runc"
 cgroup_manager = "cgroupfs"
 events_logger = "file"
 CONF
-  chown "$PODMAN_USER:" "$home/.config/containers/containers.conf"
+  # Native rootless overlay (kernel 5.13+); without this Podman may fall back to vfs,
+  # which copies the whole image for every container.
+  printf '[storage]\ndriver = "overlay"\n' >"$home/.config/containers/storage.conf"
+  chown "$PODMAN_USER:" "$home/.config/containers/containers.conf" "$home/.config/containers/storage.conf"
   local sock=$run/podman/podman.sock
+  local driver
+  driver=$(as_podman_user podman info --format '{{.Store.GraphDriverName}}' 2>/dev/null || true)
+  if [ "$driver" != overlay ]; then
+    log "resetting $PODMAN_USER's Podman storage to the overlay driver (was: ${driver:-unknown})"
+    pkill -u "$PODMAN_USER" -f "podman system service" || true
+    as_podman_user podman system reset -f >/dev/null 2>&1 || true
+  fi
   if ! as_podman_user podman --url "unix://$sock" version >/dev/null 2>&1; then
     log "starting the rootless Podman API socket $sock (log: $LOGDIR/podman.log)"
     as_podman_user podman system migrate >/dev/null 2>&1 || true

@@ -31,12 +31,16 @@ READ_CHUNK = 65536
 HIGH_FD = 200
 
 
-def _no_dump():
-    """Makes this process non-dumpable: same-uid code cannot ptrace it or read its memory."""
+def _harden_self():
+    """Sets no_new_privs (inherited by every process user code starts, whatever the
+    engine did) and makes this process non-dumpable, so same-uid code cannot ptrace
+    it or read its memory."""
     try:
         import ctypes
 
-        ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 4
+        libc = ctypes.CDLL(None)
+        libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+        libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
     except Exception:
         pass
 
@@ -46,7 +50,7 @@ def _no_dump():
 
 def run_init(grace):
     """PID 1: reap children; exit when no supervisor has lived for `grace` seconds."""
-    _no_dump()
+    _harden_self()
     # PID 1 ignores every signal it has no handler for, so sandbox code cannot stop
     # the container from inside. SIGCHLD is blocked and waited for, to reap at once.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
@@ -829,7 +833,7 @@ def main(argv):
         run_init(float(argv[2]) if len(argv) > 2 else 10.0)
     elif len(argv) >= 2 and argv[1] == SERVE_MARK:
         config = json.loads(argv[2]) if len(argv) > 2 else {}
-        _no_dump()
+        _harden_self()
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
         Supervisor(config).serve()

@@ -11,6 +11,7 @@ pub const ENGINES_VAR: &str = "BIOCAGE_TEST_ENGINES";
 pub async fn connect(engine: &str) -> biocage_core::Result<Box<dyn SandboxRuntime>> {
     match engine {
         "docker" => Ok(Box::new(biocage_docker::DockerRuntime::connect().await?)),
+        "podman" => Ok(Box::new(biocage_podman::PodmanRuntime::connect().await?)),
         other => panic!("unknown engine {other:?} in the test matrix"),
     }
 }

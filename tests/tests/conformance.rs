@@ -7,6 +7,7 @@ macro_rules! conformance {
     ($($module:ident :: $case:ident),* $(,)?) => {$(
         #[rstest]
         #[case::docker("docker")]
+        #[case::podman("podman")]
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $case(#[case] engine: &str) {
             if let Some(rt) = harness::runtime(engine).await {

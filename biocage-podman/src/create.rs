@@ -1,0 +1,148 @@
+//! Translation of the engine-neutral [`ContainerSpec`] into libpod create options.
+
+use biocage_core::ContainerSpec;
+use podman_api::models::{
+    ContainerMount, LinuxCpu, LinuxMemory, LinuxPids, LinuxResources, LogConfig, Namespace,
+    PosixRlimit,
+};
+use podman_api::opts::ContainerCreateOpts;
+
+/// Create options for `spec`; cgroup limits set when the engine applies them.
+pub fn create_opts(spec: &ContainerSpec, cgroup_limits: bool) -> ContainerCreateOpts {
+    let mut mounts: Vec<ContainerMount> = spec
+        .tmpfs
+        .iter()
+        .map(|t| ContainerMount {
+            destination: Some(t.target.clone()),
+            options: Some(tmpfs_options(&t.options)),
+            source: Some("tmpfs".into()),
+            _type: Some("tmpfs".into()),
+            uid_mappings: None,
+            gid_mappings: None,
+        })
+        .collect();
+    mounts.extend(spec.binds.iter().map(|b| ContainerMount {
+        destination: Some(b.target.clone()),
+        options: Some(vec![
+            "rbind".into(),
+            if b.read_only { "ro" } else { "rw" }.into(),
+        ]),
+        source: Some(b.host.display().to_string()),
+        _type: Some("bind".into()),
+        uid_mappings: None,
+        gid_mappings: None,
+    }));
+    let rlimits: Vec<PosixRlimit> = spec
+        .ulimits
+        .iter()
+        .map(|(name, v)| PosixRlimit {
+            hard: Some(*v as u64),
+            soft: Some(*v as u64),
+            type_: Some(name.clone()),
+        })
+        .collect();
+    let env: Vec<(String, String)> = spec
+        .env
+        .iter()
+        .filter_map(|e| e.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect();
+    let mut b = ContainerCreateOpts::builder()
+        .name(&spec.name)
+        .image(&spec.image)
+        .command(spec.init_argv.clone())
+        .user(&spec.user)
+        .work_dir(&spec.workdir)
+        .env(env)
+        .labels(spec.labels.clone())
+        .read_only_fs(true)
+        .drop_capabilities(["ALL"])
+        .mounts(mounts)
+        .r_limits(rlimits)
+        .shm_size(spec.shm_bytes)
+        .remove(true)
+        .ipc_namespace(Namespace {
+            nsmode: Some("private".into()),
+            value: None,
+        })
+        .log_configuration(LogConfig {
+            type_: Some("none".into()),
+            config: None,
+        })
+        .stop_signal(9);
+    if !spec.network {
+        b = b.net_namespace(Namespace {
+            nsmode: Some("none".into()),
+            value: None,
+        });
+    }
+    if cgroup_limits {
+        b = b.resource_limits(resources(spec));
+    }
+    b.build()
+}
+
+/// cgroup limits: memory with swap equal to it (no swap), pids, cpu quota.
+fn resources(spec: &ContainerSpec) -> LinuxResources {
+    LinuxResources {
+        block_io: None,
+        cpu: Some(LinuxCpu {
+            cpus: None,
+            mems: None,
+            period: Some(100_000),
+            quota: Some(spec.nano_cpus / 10_000),
+            realtime_period: None,
+            realtime_runtime: None,
+            shares: None,
+        }),
+        devices: None,
+        hugepage_limits: None,
+        memory: Some(LinuxMemory {
+            disable_oom_killer: None,
+            kernel: None,
+            kernel_tcp: None,
+            limit: Some(spec.memory_bytes as i64),
+            reservation: None,
+            swap: Some(spec.memory_bytes as i64),
+            swappiness: None,
+            use_hierarchy: None,
+        }),
+        network: None,
+        pids: Some(LinuxPids {
+            limit: Some(spec.pids_limit),
+        }),
+        rdma: None,
+        unified: None,
+    }
+}
+
+/// Podman refuses tmpfs uid=/gid= options; its "U" option chowns the tmpfs to the
+/// container's user instead, which is what they ask for.
+fn tmpfs_options(options: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut chown = false;
+    for o in options.split(',') {
+        if o.starts_with("uid=") || o.starts_with("gid=") {
+            chown = true;
+        } else {
+            out.push(o.to_string());
+        }
+    }
+    if chown {
+        out.push("U".into());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tmpfs_options;
+
+    #[test]
+    fn uid_gid_become_chown() {
+        assert_eq!(
+            tmpfs_options("rw,size=10,mode=0700,uid=1000,gid=1000"),
+            ["rw", "size=10", "mode=0700", "U"]
+        );
+        assert_eq!(tmpfs_options("rw,mode=1777"), ["rw", "mode=1777"]);
+    }
+}

@@ -1,0 +1,198 @@
+//! [`PodmanRuntime`]: the [`SandboxRuntime`] for rootless Podman.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use biocage_core::limits::Capabilities;
+use biocage_core::spec::LABEL_OWNER_PID;
+use biocage_core::{
+    AgentSession, ContainerSpec, Error, LimitPlan, Result, SandboxConfig, SandboxRuntime,
+    SandboxSummary, Session, LABEL_MANAGED, LABEL_SESSION,
+};
+use podman_api::opts::{ContainerListFilter, ContainerListOpts};
+use podman_api::Podman;
+use tokio::sync::OnceCell;
+
+use crate::container::{remove_container, PodmanContainer};
+use crate::create::create_opts;
+use crate::socket::{discover_socket, start_hint};
+use crate::ENGINE;
+
+/// Sandboxes on a (rootless) Podman service.
+pub struct PodmanRuntime {
+    podman: Podman,
+    socket: PathBuf,
+    caps: OnceCell<Capabilities>,
+}
+
+impl PodmanRuntime {
+    /// Connects to the first Podman API socket that answers (see [`discover_socket`]).
+    pub async fn connect() -> Result<Self> {
+        let candidates = discover_socket();
+        let mut tried = Vec::new();
+        for path in &candidates {
+            match Self::connect_to(path).await {
+                Ok(rt) => return Ok(rt),
+                Err(e) => tried.push(format!("{} ({e})", path.display())),
+            }
+        }
+        Err(Error::EngineUnreachable {
+            engine: ENGINE.to_string(),
+            endpoint: candidates
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            reason: format!("no Podman API socket answered: {}", tried.join("; ")),
+            hint: start_hint(),
+        })
+    }
+
+    /// Connects to the Podman API socket at `path`.
+    pub async fn connect_to(path: &Path) -> std::result::Result<Self, String> {
+        if !path.exists() {
+            return Err("no such socket".into());
+        }
+        let podman = Podman::unix(path);
+        podman.ping().await.map_err(|e| e.to_string())?;
+        tracing::debug!(socket = %path.display(), "connected to podman");
+        Ok(PodmanRuntime {
+            podman,
+            socket: path.to_path_buf(),
+            caps: OnceCell::new(),
+        })
+    }
+
+    /// The socket in use.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    fn engine_error(&self, action: &str, e: impl std::fmt::Display) -> Error {
+        Error::engine(ENGINE, action, e)
+    }
+}
+
+#[async_trait]
+impl SandboxRuntime for PodmanRuntime {
+    fn name(&self) -> &str {
+        ENGINE
+    }
+
+    async fn capabilities(&self) -> Result<Capabilities> {
+        self.caps
+            .get_or_try_init(|| async {
+                let version = self
+                    .podman
+                    .version()
+                    .await
+                    .map_err(|e| self.engine_error("reading the version", e))?;
+                let info = self
+                    .podman
+                    .info()
+                    .await
+                    .map_err(|e| self.engine_error("reading engine info", e))?;
+                let host = info.host;
+                let rootless = host
+                    .as_ref()
+                    .and_then(|h| h.security.as_ref())
+                    .and_then(|s| s.rootless)
+                    .unwrap_or(false);
+                let cgroup_version = match host.as_ref().and_then(|h| h.cgroup_version.as_deref()) {
+                    Some("v2") => 2,
+                    Some("v1") => 1,
+                    _ => 0,
+                };
+                Ok(Capabilities {
+                    engine: ENGINE.to_string(),
+                    engine_version: version.version.unwrap_or_default(),
+                    api_version: version.api_version.unwrap_or_default(),
+                    rootless,
+                    cgroup_version,
+                    // Rootless Podman on cgroup v1 ignores memory, pids and cpu limits.
+                    cgroup_limits: !(rootless && cgroup_version == 1),
+                })
+            })
+            .await
+            .cloned()
+    }
+
+    async fn image_exists(&self, image: &str) -> Result<bool> {
+        self.podman
+            .images()
+            .get(image)
+            .exists()
+            .await
+            .map_err(|e| self.engine_error(&format!("looking up image {image}"), e))
+    }
+
+    async fn create_session(&self, config: &SandboxConfig) -> Result<Box<dyn Session>> {
+        config.validate()?;
+        let caps = self.capabilities().await?;
+        let plan = LimitPlan::new(&caps, config)?;
+        if !self.image_exists(&config.image).await? {
+            return Err(Error::ImageMissing {
+                image: config.image.clone(),
+                engine: ENGINE.to_string(),
+                build_command: "biocage --runtime podman image build (or: sudo scripts/setup.sh podman)".to_string(),
+            });
+        }
+        let session_id = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
+        let spec = ContainerSpec::new(&session_id, config, &plan)?;
+        let created = self
+            .podman
+            .containers()
+            .create(&create_opts(&spec, caps.cgroup_limits))
+            .await
+            .map_err(|e| self.engine_error(&format!("creating container {}", spec.name), e))?;
+        let id = created.id;
+        if let Err(e) = self.podman.containers().get(&id).start(None).await {
+            let _ = remove_container(&self.podman, &id).await;
+            return Err(self.engine_error(&format!("starting container {}", spec.name), e));
+        }
+        let ops = Arc::new(PodmanContainer {
+            podman: self.podman.clone(),
+            id,
+            name: spec.name.clone(),
+            user: spec.user.clone(),
+        });
+        let session =
+            AgentSession::start(session_id, ops, config.clone(), plan, spec.agent_argv).await?;
+        Ok(Box::new(session))
+    }
+
+    async fn list_sandboxes(&self) -> Result<Vec<SandboxSummary>> {
+        let opts = ContainerListOpts::builder()
+            .all(true)
+            .filter([ContainerListFilter::LabelKeyVal(
+                LABEL_MANAGED.to_string(),
+                "true".to_string(),
+            )])
+            .build();
+        let list = self
+            .podman
+            .containers()
+            .list(&opts)
+            .await
+            .map_err(|e| self.engine_error("listing sandboxes", e))?;
+        Ok(list
+            .into_iter()
+            .map(|c| {
+                let labels = c.labels.unwrap_or_default();
+                SandboxSummary {
+                    container_id: c.id.unwrap_or_default(),
+                    name: c.names.and_then(|n| n.first().cloned()).unwrap_or_default(),
+                    session_id: labels.get(LABEL_SESSION).cloned().unwrap_or_default(),
+                    image: c.image.unwrap_or_default(),
+                    state: c.state.unwrap_or_default(),
+                    owner_pid: labels.get(LABEL_OWNER_PID).and_then(|p| p.parse().ok()),
+                }
+            })
+            .collect())
+    }
+
+    async fn remove_sandbox(&self, id: &str) -> Result<()> {
+        remove_container(&self.podman, id).await
+    }
+}
