@@ -244,8 +244,8 @@ def _cull_if_near_limit(limit):
     """Kills what a run left running once the sandbox nears its process limit (a fork
     bomb), so that the next run can start processes; the worker and its state stay.
     Runs in the worker, which reaps those that were its own children."""
-    if not limit:
-        return 0
+    if not limit or os.getuid() == 0:
+        return 0  # as root (never so in a sandbox) this would reach the whole machine
     pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
     if len(pids) < limit * 3 // 4:
         return 0

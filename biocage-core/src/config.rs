@@ -335,8 +335,10 @@ mod tests {
             .build()
             .unwrap_err();
         assert!(e.to_string().contains("timeout"), "{e}");
-        let mut c = SandboxConfig::default();
-        c.user = "0:0".into();
+        let c = SandboxConfig {
+            user: "0:0".into(),
+            ..Default::default()
+        };
         assert!(c.validate().unwrap_err().to_string().contains("root"));
     }
 }

@@ -36,7 +36,7 @@ pub fn parse_size(field: &'static str, text: &str) -> Result<u64> {
 /// Formats bytes the way [`parse_size`] reads them, e.g. "512m".
 pub fn format_size(bytes: u64) -> String {
     for (suffix, mult) in [("g", 1u64 << 30), ("m", 1 << 20), ("k", 1 << 10)] {
-        if bytes >= mult && bytes % mult == 0 {
+        if bytes >= mult && bytes.is_multiple_of(mult) {
             return format!("{}{suffix}", bytes / mult);
         }
     }

@@ -77,12 +77,26 @@ impl ContainerOps for PodmanContainer {
             .get(&self.id)
             .create_exec(&opts)
             .await
-            .map_err(|e| Error::engine(ENGINE, format!("starting the agent in {}", self.name), e))?;
+            .map_err(|e| {
+                Error::engine(ENGINE, format!("starting the agent in {}", self.name), e)
+            })?;
         let mux = exec
             .start(&ExecStartOpts::builder().detach(false).build())
             .await
-            .map_err(|e| Error::engine(ENGINE, format!("attaching to the agent in {}", self.name), e))?
-            .ok_or_else(|| Error::engine(ENGINE, "attaching to the agent", "the exec started detached"))?;
+            .map_err(|e| {
+                Error::engine(
+                    ENGINE,
+                    format!("attaching to the agent in {}", self.name),
+                    e,
+                )
+            })?
+            .ok_or_else(|| {
+                Error::engine(
+                    ENGINE,
+                    "attaching to the agent",
+                    "the exec started detached",
+                )
+            })?;
         let (reader, writer) = mux.split();
         let name = self.name.clone();
         let stdout = reader

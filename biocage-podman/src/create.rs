@@ -44,7 +44,10 @@ pub fn create_opts(spec: &ContainerSpec, cgroup_limits: bool) -> ContainerCreate
     let env: Vec<(String, String)> = spec
         .env
         .iter()
-        .filter_map(|e| e.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .filter_map(|e| {
+            e.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
         .collect();
     let mut b = ContainerCreateOpts::builder()
         .name(&spec.name)

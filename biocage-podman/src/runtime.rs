@@ -135,7 +135,9 @@ impl SandboxRuntime for PodmanRuntime {
             return Err(Error::ImageMissing {
                 image: config.image.clone(),
                 engine: ENGINE.to_string(),
-                build_command: "biocage --runtime podman image build (or: sudo scripts/setup.sh podman)".to_string(),
+                build_command:
+                    "biocage --runtime podman image build (or: sudo scripts/setup.sh podman)"
+                        .to_string(),
             });
         }
         let session_id = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();

@@ -12,7 +12,10 @@ pub fn discover_socket() -> Vec<PathBuf> {
     if let Ok(dir) = std::env::var("XDG_RUNTIME_DIR") {
         out.push(PathBuf::from(dir).join("podman/podman.sock"));
     }
-    out.push(PathBuf::from(format!("/run/user/{}/podman/podman.sock", current_uid())));
+    out.push(PathBuf::from(format!(
+        "/run/user/{}/podman/podman.sock",
+        current_uid()
+    )));
     out.dedup();
     out
 }

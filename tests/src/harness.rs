@@ -82,3 +82,20 @@ pub fn ok(r: &ExecutionResult) -> &str {
     assert!(r.error.is_none());
     &r.stdout
 }
+
+/// Records a capability-gated difference: printed by scripts/test.sh at the end of the
+/// run (file in `BIOCAGE_REPORT`), and on stderr.
+pub fn note_capability(engine: &str, case: &str, what: &str) {
+    let line = format!("{engine}: {case}: {what}");
+    eprintln!("CAPABILITY {line}");
+    if let Ok(path) = std::env::var("BIOCAGE_REPORT") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}

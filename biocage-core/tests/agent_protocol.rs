@@ -1,0 +1,97 @@
+//! The agent's protocol without an engine: the embedded agent runs here as a local
+//! python3 process and the host side of the channel talks to it.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use biocage_core::agent::serve_argv;
+use biocage_core::channel::{AgentChannel, ChannelError};
+use biocage_core::AgentStreams;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio_util::io::ReaderStream;
+
+async fn agent(config: Value) -> (AgentChannel, Value, tokio::process::Child) {
+    let argv = serve_argv(&config);
+    let mut child = tokio::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 on the host");
+    let stdout = ReaderStream::new(child.stdout.take().unwrap()).boxed();
+    let stdin = Box::pin(child.stdin.take().unwrap());
+    let (ch, hello) = AgentChannel::open(AgentStreams { stdout, stdin }, Duration::from_secs(20))
+        .await
+        .expect("hello");
+    (ch, hello, child)
+}
+
+async fn run(ch: &AgentChannel, code: &str, timeout: f64) -> Value {
+    ch.request(json!({"op": "run", "code": code, "timeout": timeout}), Duration::from_secs(60))
+        .await
+        .expect("reply")
+}
+
+#[tokio::test]
+async fn hello_run_state_and_result_fields() {
+    let (ch, hello, _child) = agent(json!({"output_cap": 64})).await;
+    assert_eq!(hello["op"], "hello");
+    assert_eq!(hello["agent_version"], 1);
+    let r = run(&ch, "x = 2\nprint('a' * 100)\nx * 21", 5.0).await;
+    assert_eq!(r["op"], "result");
+    assert_eq!(r["success"], true);
+    assert_eq!(r["exit_code"], 0);
+    assert_eq!(r["value"], "42");
+    assert_eq!(r["stdout"].as_str().unwrap().len(), 64);
+    assert_eq!(r["stdout_truncated"], true);
+    assert!(r["error"].is_null());
+    let r = run(&ch, "print(x)", 5.0).await;
+    assert_eq!(r["stdout"], "2\n");
+}
+
+#[tokio::test]
+async fn exceptions_timeouts_and_deaths() {
+    let (ch, _, _child) = agent(json!({"interrupt_grace": 0.5})).await;
+    let r = run(&ch, "raise KeyError('k')", 5.0).await;
+    assert_eq!(r["exit_code"], 1);
+    assert_eq!(r["error"]["kind"], "exception");
+    assert_eq!(r["error"]["name"], "KeyError");
+    let r = run(&ch, "import time\ntime.sleep(30)", 0.5).await;
+    assert_eq!(r["exit_code"], 124);
+    assert_eq!(r["error"]["kind"], "timeout");
+    assert_eq!(r["state_lost"], false);
+    let r = run(&ch, "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: pass", 0.5).await;
+    assert_eq!(r["exit_code"], 124);
+    assert_eq!(r["state_lost"], true);
+    let r = run(&ch, "import os\nos._exit(5)", 5.0).await;
+    assert_eq!(r["error"]["kind"], "crashed");
+    assert_eq!(r["state_lost"], true);
+    let r = run(&ch, "print('alive')", 5.0).await;
+    assert_eq!(r["stdout"], "alive\n");
+}
+
+#[tokio::test]
+async fn malformed_requests_get_errors_and_the_channel_goes_on() {
+    let (ch, _, _child) = agent(json!({})).await;
+    let r = ch
+        .request(json!({"op": "nonsense"}), Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(r["op"], "error");
+    assert!(r["message"].as_str().unwrap().contains("unknown op"));
+    let r = run(&ch, "print(1)", 5.0).await;
+    assert_eq!(r["stdout"], "1\n");
+}
+
+#[tokio::test]
+async fn a_dead_agent_closes_the_channel() {
+    let (ch, _, mut child) = agent(json!({})).await;
+    child.kill().await.unwrap();
+    let err = ch
+        .request(json!({"op": "ping"}), Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ChannelError::Closed | ChannelError::Send(_)), "{err:?}");
+}
