@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Exposure, SandboxConfig};
 use crate::error::Result;
+use crate::image::BuildOptions;
 use crate::limits::{Capabilities, LimitPlan, LimitStatus};
 use crate::result::ExecutionResult;
 
@@ -27,6 +28,13 @@ pub trait SandboxRuntime: Send + Sync {
 
     /// Whether `image` is present in the engine.
     async fn image_exists(&self, image: &str) -> Result<bool>;
+
+    /// Builds the sandbox image through the engine API, calling `progress` per output line.
+    async fn build_image(
+        &self,
+        opts: &BuildOptions,
+        progress: &mut crate::image::Progress,
+    ) -> Result<()>;
 
     /// Starts a sandbox and its live interpreter.
     async fn create_session(&self, config: &SandboxConfig) -> Result<Box<dyn Session>>;

@@ -1,27 +1,13 @@
 //! Building the sandbox image through the engine API.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-
-use biocage_core::{Error, Result};
+use biocage_core::{BuildOptions, Result};
+use biocage_core::Error;
 use bollard::query_parameters::BuildImageOptions;
 use bollard::Docker;
 use futures_util::StreamExt;
 
 use crate::ENGINE;
-
-/// What to build.
-#[derive(Debug, Clone)]
-pub struct BuildOptions {
-    /// Build context: a folder with a Dockerfile (python_docker/).
-    pub context: PathBuf,
-    /// Tag of the result.
-    pub tag: String,
-    /// BASE_IMAGE build argument (any image with python3); the Dockerfile's default if None.
-    pub base_image: Option<String>,
-    /// Replacement requirements.txt, if any.
-    pub requirements: Option<PathBuf>,
-}
 
 fn tar_context(opts: &BuildOptions) -> std::io::Result<Vec<u8>> {
     let mut builder = tar::Builder::new(Vec::new());
@@ -34,18 +20,12 @@ fn tar_context(opts: &BuildOptions) -> std::io::Result<Vec<u8>> {
 }
 
 /// Builds the image, calling `progress` with each line of build output.
-pub async fn build_image(
+pub(crate) async fn build_image(
     docker: &Docker,
     opts: &BuildOptions,
-    mut progress: impl FnMut(&str),
+    progress: &mut biocage_core::Progress,
 ) -> Result<()> {
-    if !Path::new(&opts.context).join("Dockerfile").is_file() {
-        return Err(Error::InvalidConfig {
-            field: "build context",
-            value: opts.context.display().to_string(),
-            reason: "no Dockerfile there; point at the python_docker folder".into(),
-        });
-    }
+    opts.validate()?;
     let context = tar_context(opts)
         .map_err(|e| Error::io(format!("packing {}", opts.context.display()), e))?;
     let mut buildargs = HashMap::new();

@@ -9,7 +9,6 @@ mod container;
 mod image;
 mod runtime;
 
-pub use image::{build_image, BuildOptions};
 pub use runtime::DockerRuntime;
 
 /// Engine name used in messages and reports.

@@ -8,6 +8,7 @@
 
 mod container;
 mod create;
+mod image;
 mod runtime;
 mod socket;
 

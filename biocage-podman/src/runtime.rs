@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use biocage_core::limits::Capabilities;
 use biocage_core::spec::LABEL_OWNER_PID;
 use biocage_core::{
-    AgentSession, ContainerSpec, Error, LimitPlan, Result, SandboxConfig, SandboxRuntime,
+    AgentSession, BuildOptions, ContainerSpec, Error, LimitPlan, Result, SandboxConfig, SandboxRuntime,
     SandboxSummary, Session, LABEL_MANAGED, LABEL_SESSION,
 };
 use podman_api::opts::{ContainerListFilter, ContainerListOpts};
@@ -125,6 +125,14 @@ impl SandboxRuntime for PodmanRuntime {
             .exists()
             .await
             .map_err(|e| self.engine_error(&format!("looking up image {image}"), e))
+    }
+
+    async fn build_image(
+        &self,
+        opts: &BuildOptions,
+        progress: &mut biocage_core::Progress,
+    ) -> Result<()> {
+        crate::image::build_image(&self.podman, opts, progress).await
     }
 
     async fn create_session(&self, config: &SandboxConfig) -> Result<Box<dyn Session>> {

@@ -1,0 +1,135 @@
+//! Command-line arguments (clap derive).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Run Python in hardened, stateful sandboxes on Docker or rootless Podman.
+#[derive(Debug, Parser)]
+#[command(name = "biocage", version, about)]
+pub struct Cli {
+    /// Container engine: docker, podman, or auto (Docker, then Podman).
+    #[arg(long, global = true, value_enum, env = "BIOCAGE_RUNTIME", default_value = "auto")]
+    pub runtime: RuntimeChoice,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More log output on stderr (-v: debug, -vv: trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Which engine to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RuntimeChoice {
+    /// Docker Engine.
+    Docker,
+    /// Podman (rootless or not).
+    Podman,
+    /// Docker if it answers, else Podman.
+    Auto,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a Python file (or stdin, with - or nothing) once in a fresh sandbox.
+    Run {
+        /// File with Python code; - or nothing reads stdin.
+        file: Option<PathBuf>,
+        /// Sandbox settings.
+        #[command(flatten)]
+        opts: SessionOpts,
+    },
+    /// An interactive session; with --json, one JSON request per line on stdin.
+    Repl {
+        /// Sandbox settings.
+        #[command(flatten)]
+        opts: SessionOpts,
+    },
+    /// The sandbox image.
+    Image {
+        /// What to do with it.
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+    /// Check the engine, the image and how each limit is enforced.
+    Doctor {
+        /// Image to look for.
+        #[arg(long, default_value = biocage_core::config::DEFAULT_IMAGE)]
+        image: String,
+    },
+    /// List the sandboxes BioCage manages on the engine.
+    Ps,
+    /// Remove leftover sandboxes (stopped, or whose owning process is gone); --all removes every one.
+    Gc {
+        /// Remove every managed sandbox, live ones too.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+/// Image subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build the sandbox image through the engine API.
+    Build {
+        /// Base image with python3 (BASE_IMAGE build argument).
+        #[arg(long)]
+        base: Option<String>,
+        /// requirements.txt to install instead of the default one.
+        #[arg(long)]
+        requirements: Option<PathBuf>,
+        /// Tag of the image.
+        #[arg(long, default_value = biocage_core::config::DEFAULT_IMAGE)]
+        tag: String,
+        /// Build context (a folder with a Dockerfile).
+        #[arg(long, default_value = "python_docker")]
+        context: PathBuf,
+        /// Without a registry: base from Debian packages, wheels downloaded on the host
+        /// (runs CONTEXT/build.sh --offline).
+        #[arg(long)]
+        offline: bool,
+    },
+}
+
+/// Settings shared by run and repl.
+#[derive(Debug, Clone, Args)]
+pub struct SessionOpts {
+    /// Image with python3.
+    #[arg(long, default_value = biocage_core::config::DEFAULT_IMAGE)]
+    pub image: String,
+    /// Memory limit, e.g. 512m, 2g.
+    #[arg(long, default_value = "512m")]
+    pub memory: String,
+    /// CPU limit in cores, e.g. 1.5.
+    #[arg(long, default_value_t = 1.0)]
+    pub cpus: f64,
+    /// Most processes and threads at once.
+    #[arg(long, default_value_t = 256)]
+    pub pids: u32,
+    /// Time limit of each run, in seconds.
+    #[arg(long, default_value_t = 30.0)]
+    pub timeout: f64,
+    /// Allow network access (off by default).
+    #[arg(long)]
+    pub network: bool,
+    /// Expose a host file or folder read-only: HOST:CONTAINER.
+    #[arg(long, value_name = "HOST:CONTAINER")]
+    pub expose: Vec<String>,
+    /// Expose a host folder read-write: HOST:CONTAINER.
+    #[arg(long, value_name = "HOST:CONTAINER")]
+    pub expose_rw: Vec<String>,
+    /// Environment variable for the code: KEY=VALUE.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Start even where a limit cannot be enforced (it is reported as unenforced).
+    #[arg(long)]
+    pub allow_unenforced: bool,
+}

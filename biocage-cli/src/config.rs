@@ -1,0 +1,59 @@
+//! From command-line session options to a checked [`SandboxConfig`].
+
+use std::time::Duration;
+
+use biocage_core::SandboxConfig;
+
+use crate::args::SessionOpts;
+use crate::exit::CliError;
+
+fn split_pair<'a>(flag: &str, text: &'a str, sep: char, form: &str) -> Result<(&'a str, &'a str), CliError> {
+    match text.split_once(sep) {
+        Some((a, b)) if !a.is_empty() && !b.is_empty() => Ok((a, b)),
+        _ => Err(CliError::usage(format!(
+            "{flag} {text:?} is not {form}; for example {flag} {}",
+            if sep == ':' { "./data:/data" } else { "DEBUG=1" }
+        ))),
+    }
+}
+
+/// The sandbox configuration the options ask for.
+pub fn build(opts: &SessionOpts) -> Result<SandboxConfig, CliError> {
+    if !(opts.timeout.is_finite() && opts.timeout > 0.0) {
+        return Err(CliError::usage(format!(
+            "--timeout {} must be a number of seconds above 0, e.g. --timeout 30",
+            opts.timeout
+        )));
+    }
+    let mut b = SandboxConfig::builder()
+        .image(&opts.image)
+        .memory(&opts.memory)
+        .cpus(opts.cpus)
+        .pids_limit(opts.pids)
+        .network(opts.network)
+        .timeout(Duration::from_secs_f64(opts.timeout))
+        .allow_unenforced_limits(opts.allow_unenforced);
+    for e in &opts.expose {
+        let (host, target) = split_pair("--expose", e, ':', "HOST:CONTAINER")?;
+        b = b.expose(absolute(host)?, target);
+    }
+    for e in &opts.expose_rw {
+        let (host, target) = split_pair("--expose-rw", e, ':', "HOST:CONTAINER")?;
+        b = b.expose_rw(absolute(host)?, target);
+    }
+    for e in &opts.env {
+        let (k, v) = split_pair("--env", e, '=', "KEY=VALUE")?;
+        b = b.env(k, v);
+    }
+    Ok(b.build()?)
+}
+
+fn absolute(host: &str) -> Result<std::path::PathBuf, CliError> {
+    let p = std::path::Path::new(host);
+    if p.is_absolute() {
+        return Ok(p.to_path_buf());
+    }
+    std::env::current_dir()
+        .map(|d| d.join(p))
+        .map_err(|e| CliError::usage(format!("cannot resolve {host}: {e}")))
+}

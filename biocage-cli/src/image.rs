@@ -1,0 +1,73 @@
+//! `biocage image build`.
+
+use std::path::Path;
+
+use biocage_core::BuildOptions;
+
+use crate::args::{Cli, RuntimeChoice};
+use crate::exit::{CliError, OK, UNAVAILABLE};
+use crate::{engine, progress};
+
+/// Builds the sandbox image through the engine API, or with the offline script.
+pub async fn build(
+    cli: &Cli,
+    context: &Path,
+    tag: &str,
+    base: Option<&str>,
+    requirements: Option<&Path>,
+    offline: bool,
+) -> Result<i32, CliError> {
+    let mut opts = BuildOptions::new(context, tag);
+    opts.base_image = base.map(str::to_string);
+    opts.requirements = requirements.map(Path::to_path_buf);
+    opts.validate()?;
+    if offline {
+        return build_offline(cli, &opts);
+    }
+    let rt = engine::connect(cli.runtime).await?;
+    let bar = progress::spinner(cli, &format!("building {tag} on {}", rt.name()));
+    let verbose = cli.verbose > 0;
+    let shown = bar.clone();
+    let mut show = move |line: &str| {
+        shown.set_message(line.chars().take(100).collect::<String>());
+        if verbose {
+            shown.suspend(|| eprintln!("{line}"));
+        }
+    };
+    rt.build_image(&opts, &mut show).await?;
+    bar.finish_and_clear();
+    if !cli.quiet {
+        eprintln!("built {tag} on {}", rt.name());
+    }
+    Ok(OK)
+}
+
+/// The offline path of python_docker/build.sh (base from Debian packages, wheels
+/// downloaded on the host), for engines that cannot reach a registry.
+fn build_offline(cli: &Cli, opts: &BuildOptions) -> Result<i32, CliError> {
+    if opts.requirements.is_some() || opts.base_image.is_some() {
+        return Err(CliError::usage(
+            "--offline builds from its own Debian base and CONTEXT/requirements.txt; edit that file instead of passing --base or --requirements",
+        ));
+    }
+    let engine_cli = match cli.runtime {
+        RuntimeChoice::Podman => "podman",
+        _ => "docker",
+    };
+    let script = opts.context.join("build.sh");
+    let status = std::process::Command::new("bash")
+        .arg(&script)
+        .arg("--offline")
+        .env("TAG", &opts.tag)
+        .env("ENGINE", engine_cli)
+        .status()
+        .map_err(|e| CliError::usage(format!("cannot run {}: {e}", script.display())))?;
+    if status.success() {
+        Ok(OK)
+    } else {
+        Err(CliError {
+            code: UNAVAILABLE,
+            message: format!("{} --offline failed ({status}); see its output above", script.display()),
+        })
+    }
+}
