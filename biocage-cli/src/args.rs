@@ -9,7 +9,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[command(name = "biocage", version, about)]
 pub struct Cli {
     /// Container engine: docker, podman, or auto (Docker, then Podman).
-    #[arg(long, global = true, value_enum, env = "BIOCAGE_RUNTIME", default_value = "auto")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "BIOCAGE_RUNTIME",
+        default_value = "auto"
+    )]
     pub runtime: RuntimeChoice,
     /// Machine-readable JSON output.
     #[arg(long, global = true)]

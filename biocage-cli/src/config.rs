@@ -7,12 +7,21 @@ use biocage_core::SandboxConfig;
 use crate::args::SessionOpts;
 use crate::exit::CliError;
 
-fn split_pair<'a>(flag: &str, text: &'a str, sep: char, form: &str) -> Result<(&'a str, &'a str), CliError> {
+fn split_pair<'a>(
+    flag: &str,
+    text: &'a str,
+    sep: char,
+    form: &str,
+) -> Result<(&'a str, &'a str), CliError> {
     match text.split_once(sep) {
         Some((a, b)) if !a.is_empty() && !b.is_empty() => Ok((a, b)),
         _ => Err(CliError::usage(format!(
             "{flag} {text:?} is not {form}; for example {flag} {}",
-            if sep == ':' { "./data:/data" } else { "DEBUG=1" }
+            if sep == ':' {
+                "./data:/data"
+            } else {
+                "DEBUG=1"
+            }
         ))),
     }
 }

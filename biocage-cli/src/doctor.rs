@@ -13,7 +13,10 @@ pub async fn doctor(cli: &Cli, image: &str) -> Result<i32, CliError> {
         Ok(rt) => rt,
         Err(e) => {
             if cli.json {
-                println!("{}", json!({"ok": false, "engine": null, "problems": [e.message]}));
+                println!(
+                    "{}",
+                    json!({"ok": false, "engine": null, "problems": [e.message]})
+                );
             } else {
                 println!("engine: NOT REACHABLE\n  {}", e.message);
             }
@@ -62,10 +65,19 @@ pub async fn doctor(cli: &Cli, image: &str) -> Result<i32, CliError> {
             if caps.rootless { "rootless" } else { "rootful" },
             caps.cgroup_version
         );
-        println!("image: {image} {}", if has_image { "present" } else { "MISSING" });
+        println!(
+            "image: {image} {}",
+            if has_image { "present" } else { "MISSING" }
+        );
         println!("limits (default configuration):");
         for l in &plan.limits {
-            println!("  {:<8} {:<12} {:<11} {}", l.name, l.value, format!("{:?}", l.enforcement).to_lowercase(), l.mechanism);
+            println!(
+                "  {:<8} {:<12} {:<11} {}",
+                l.name,
+                l.value,
+                format!("{:?}", l.enforcement).to_lowercase(),
+                l.mechanism
+            );
         }
         if !unenforced.is_empty() {
             println!(

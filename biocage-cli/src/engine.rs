@@ -20,7 +20,10 @@ pub async fn connect(choice: RuntimeChoice) -> Result<Box<dyn SandboxRuntime>, C
             };
             match biocage_podman::PodmanRuntime::connect().await {
                 Ok(rt) => {
-                    tracing::info!("runtime auto: docker unavailable, picked podman at {}", rt.socket().display());
+                    tracing::info!(
+                        "runtime auto: docker unavailable, picked podman at {}",
+                        rt.socket().display()
+                    );
                     Ok(Box::new(rt))
                 }
                 Err(podman) => Err(CliError {

@@ -31,7 +31,9 @@ impl CliError {
 impl From<Error> for CliError {
     fn from(e: Error) -> Self {
         let code = match &e {
-            Error::InvalidConfig { .. } | Error::UnenforceableLimit { .. } | Error::FileTransfer(_) => USAGE,
+            Error::InvalidConfig { .. }
+            | Error::UnenforceableLimit { .. }
+            | Error::FileTransfer(_) => USAGE,
             _ => UNAVAILABLE,
         };
         CliError {

@@ -67,7 +67,10 @@ fn build_offline(cli: &Cli, opts: &BuildOptions) -> Result<i32, CliError> {
     } else {
         Err(CliError {
             code: UNAVAILABLE,
-            message: format!("{} --offline failed ({status}); see its output above", script.display()),
+            message: format!(
+                "{} --offline failed ({status}); see its output above",
+                script.display()
+            ),
         })
     }
 }

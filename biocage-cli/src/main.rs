@@ -45,7 +45,15 @@ async fn dispatch(cli: &Cli) -> Result<i32, exit::CliError> {
                     offline,
                 },
         } => {
-            image::build(cli, context, tag, base.as_deref(), requirements.as_deref(), *offline).await
+            image::build(
+                cli,
+                context,
+                tag,
+                base.as_deref(),
+                requirements.as_deref(),
+                *offline,
+            )
+            .await
         }
         Command::Doctor { image } => doctor::doctor(cli, image).await,
         Command::Ps => ps::ps(cli).await,
@@ -57,7 +65,11 @@ fn main() {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let code = if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
             let _ = e.print();
             std::process::exit(code);
         }
@@ -78,7 +90,10 @@ fn main() {
         Ok(code) => code,
         Err(e) => {
             if cli.json {
-                println!("{}", serde_json::json!({"error": e.message, "exit_code": e.code}));
+                println!(
+                    "{}",
+                    serde_json::json!({"error": e.message, "exit_code": e.code})
+                );
             } else {
                 eprintln!("biocage: {}", e.message);
             }

@@ -8,10 +8,16 @@ use crate::exit::{CliError, OK};
 
 fn print(cli: &Cli, list: &[SandboxSummary]) {
     if cli.json {
-        println!("{}", serde_json::to_string(list).unwrap_or_else(|_| "[]".into()));
+        println!(
+            "{}",
+            serde_json::to_string(list).unwrap_or_else(|_| "[]".into())
+        );
         return;
     }
-    println!("{:<12}  {:<26}  {:<16}  {:<8}  IMAGE", "CONTAINER", "NAME", "SESSION", "STATE");
+    println!(
+        "{:<12}  {:<26}  {:<16}  {:<8}  IMAGE",
+        "CONTAINER", "NAME", "SESSION", "STATE"
+    );
     for s in list {
         println!(
             "{:<12}  {:<26}  {:<16}  {:<8}  {}",

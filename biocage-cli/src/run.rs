@@ -39,7 +39,15 @@ pub fn print_result(r: &ExecutionResult, json: bool) {
         let mut err = std::io::stderr().lock();
         let _ = err.write_all(r.stderr.as_bytes());
         if let Some(e) = r.error.as_ref().filter(|e| e.traceback.is_none()) {
-            let _ = writeln!(err, "biocage: {}: {}", serde_json::to_value(e.kind).unwrap_or_default().as_str().unwrap_or("error"), e.message);
+            let _ = writeln!(
+                err,
+                "biocage: {}: {}",
+                serde_json::to_value(e.kind)
+                    .unwrap_or_default()
+                    .as_str()
+                    .unwrap_or("error"),
+                e.message
+            );
         }
         if r.stdout_truncated || r.stderr_truncated {
             let _ = writeln!(err, "biocage: output was over the cap and was cut");

@@ -31,7 +31,8 @@ const RUN: [&str; 2] = ["run", "--allow-unenforced"];
 
 fn json_line(out: &[u8]) -> Value {
     let text = String::from_utf8_lossy(out);
-    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not one JSON object ({e}): {text}"))
+    serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("not one JSON object ({e}): {text}"))
 }
 
 #[rstest]
@@ -87,7 +88,11 @@ fn run_reads_files_and_honours_options(#[case] engine: &str) {
     }
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("job.py");
-    std::fs::write(&file, "import os\nprint(os.environ['GREETING'], open('/data/in.txt').read())").unwrap();
+    std::fs::write(
+        &file,
+        "import os\nprint(os.environ['GREETING'], open('/data/in.txt').read())",
+    )
+    .unwrap();
     std::fs::write(dir.path().join("in.txt"), "from the host").unwrap();
     biocage(engine)
         .args(RUN)
@@ -149,17 +154,33 @@ fn doctor_ps_gc(#[case] engine: &str) {
     if !engine_under_test(engine) {
         return;
     }
-    let out = biocage(engine).args(["--json", "doctor"]).assert().success().get_output().stdout.clone();
+    let out = biocage(engine)
+        .args(["--json", "doctor"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
     let d = json_line(&out);
     assert_eq!(d["ok"], true);
     assert_eq!(d["engine"]["engine"], engine);
-    assert!(d["limits"].as_array().unwrap().iter().any(|l| l["name"] == "memory"));
+    assert!(d["limits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l["name"] == "memory"));
     biocage(engine)
         .args(["doctor", "--image", "biocage-missing:0"])
         .assert()
         .code(69)
         .stdout(predicates::str::contains("image build"));
-    let out = biocage(engine).args(["--json", "ps"]).assert().success().get_output().stdout.clone();
+    let out = biocage(engine)
+        .args(["--json", "ps"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
     assert!(json_line(&out).is_array());
     biocage(engine).args(["gc"]).assert().success();
 }
@@ -175,7 +196,16 @@ fn image_build_through_the_engine_api(#[case] engine: &str) {
     // Built on top of the sandbox image: the packages are there already, so no index
     // is needed; this exercises the build path end to end.
     biocage(engine)
-        .args(["image", "build", "--base", "biocage:latest", "--tag", "biocage-cli-test:latest", "--context", context])
+        .args([
+            "image",
+            "build",
+            "--base",
+            "biocage:latest",
+            "--tag",
+            "biocage-cli-test:latest",
+            "--context",
+            context,
+        ])
         .assert()
         .success();
     biocage(engine)
@@ -190,13 +220,28 @@ fn image_build_through_the_engine_api(#[case] engine: &str) {
 #[test]
 fn usage_errors_are_one_sentence_and_exit_2() {
     let mut c = Command::cargo_bin("biocage").unwrap();
-    c.args(["run", "--memory", "lots", "-"]).write_stdin("").assert().code(2).stderr(predicates::str::contains("512m"));
+    c.args(["run", "--memory", "lots", "-"])
+        .write_stdin("")
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("512m"));
     let mut c = Command::cargo_bin("biocage").unwrap();
-    c.args(["run", "/definitely/not/here.py"]).assert().code(2).stderr(predicates::str::contains("cannot read"));
+    c.args(["run", "/definitely/not/here.py"])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("cannot read"));
     let mut c = Command::cargo_bin("biocage").unwrap();
-    c.args(["run", "--expose", "no-colon", "-"]).write_stdin("").assert().code(2).stderr(predicates::str::contains("HOST:CONTAINER"));
+    c.args(["run", "--expose", "no-colon", "-"])
+        .write_stdin("")
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("HOST:CONTAINER"));
     let mut c = Command::cargo_bin("biocage").unwrap();
-    c.args(["run", "--expose", "/definitely/not/here:/data", "-"]).write_stdin("").assert().code(2).stderr(predicates::str::contains("does not exist"));
+    c.args(["run", "--expose", "/definitely/not/here:/data", "-"])
+        .write_stdin("")
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("does not exist"));
     let mut c = Command::cargo_bin("biocage").unwrap();
     c.args(["frobnicate"]).assert().code(2);
 }

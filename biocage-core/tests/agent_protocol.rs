@@ -29,9 +29,12 @@ async fn agent(config: Value) -> (AgentChannel, Value, tokio::process::Child) {
 }
 
 async fn run(ch: &AgentChannel, code: &str, timeout: f64) -> Value {
-    ch.request(json!({"op": "run", "code": code, "timeout": timeout}), Duration::from_secs(60))
-        .await
-        .expect("reply")
+    ch.request(
+        json!({"op": "run", "code": code, "timeout": timeout}),
+        Duration::from_secs(60),
+    )
+    .await
+    .expect("reply")
 }
 
 #[tokio::test]
@@ -62,7 +65,12 @@ async fn exceptions_timeouts_and_deaths() {
     assert_eq!(r["exit_code"], 124);
     assert_eq!(r["error"]["kind"], "timeout");
     assert_eq!(r["state_lost"], false);
-    let r = run(&ch, "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: pass", 0.5).await;
+    let r = run(
+        &ch,
+        "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: pass",
+        0.5,
+    )
+    .await;
     assert_eq!(r["exit_code"], 124);
     assert_eq!(r["state_lost"], true);
     let r = run(&ch, "import os\nos._exit(5)", 5.0).await;
@@ -93,5 +101,8 @@ async fn a_dead_agent_closes_the_channel() {
         .request(json!({"op": "ping"}), Duration::from_secs(10))
         .await
         .unwrap_err();
-    assert!(matches!(err, ChannelError::Closed | ChannelError::Send(_)), "{err:?}");
+    assert!(
+        matches!(err, ChannelError::Closed | ChannelError::Send(_)),
+        "{err:?}"
+    );
 }

@@ -1,11 +1,11 @@
 //! Building the sandbox image through the engine API.
 
-use std::collections::HashMap;
-use biocage_core::{BuildOptions, Result};
 use biocage_core::Error;
+use biocage_core::{BuildOptions, Result};
 use bollard::query_parameters::BuildImageOptions;
 use bollard::Docker;
 use futures_util::StreamExt;
+use std::collections::HashMap;
 
 use crate::ENGINE;
 

@@ -14,10 +14,13 @@ pub(crate) async fn build_image(
     progress: &mut biocage_core::Progress,
 ) -> Result<()> {
     opts.validate()?;
-    let failed = |e: &dyn std::fmt::Display| Error::engine(ENGINE, format!("building {}", opts.tag), e);
+    let failed =
+        |e: &dyn std::fmt::Display| Error::engine(ENGINE, format!("building {}", opts.tag), e);
     // The API takes a folder: with a replacement requirements.txt, build from a copy.
     let staged = match &opts.requirements {
-        Some(req) => Some(stage_context(opts, req).map_err(|e| Error::io("copying the build context", e))?),
+        Some(req) => {
+            Some(stage_context(opts, req).map_err(|e| Error::io("copying the build context", e))?)
+        }
         None => None,
     };
     let context = staged

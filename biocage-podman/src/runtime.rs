@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use biocage_core::limits::Capabilities;
 use biocage_core::spec::LABEL_OWNER_PID;
 use biocage_core::{
-    AgentSession, BuildOptions, ContainerSpec, Error, LimitPlan, Result, SandboxConfig, SandboxRuntime,
-    SandboxSummary, Session, LABEL_MANAGED, LABEL_SESSION,
+    AgentSession, BuildOptions, ContainerSpec, Error, LimitPlan, Result, SandboxConfig,
+    SandboxRuntime, SandboxSummary, Session, LABEL_MANAGED, LABEL_SESSION,
 };
 use podman_api::opts::{ContainerListFilter, ContainerListOpts};
 use podman_api::Podman;
