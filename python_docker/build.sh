@@ -3,6 +3,7 @@
 #
 #   ./build.sh                 docker build from BASE_IMAGE (default python:3.11-slim),
 #                              packages from the package index
+#   ./build.sh --wheels        only download the wheels into wheels/ (python version of $TAG)
 #   ./build.sh --offline       for machines without a container registry: the base image
 #                              is made from Debian packages (debootstrap) and the wheels
 #                              are downloaded on the host, then installed without an index
@@ -56,6 +57,11 @@ download_wheels() {
 }
 
 case "$mode" in
+  --wheels)
+    # Only fill wheels/ (for builds through the engine API on offline machines).
+    download_wheels "$TAG"
+    exit 0
+    ;;
   --offline)
     base=$(offline_base)
     download_wheels "$base"

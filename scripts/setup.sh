@@ -45,6 +45,10 @@ setup_docker() {
     log "building $IMAGE (offline path: Debian base + host wheels)"
     TAG=$IMAGE "$root/python_docker/build.sh" --offline
   fi
+  # Builds through the engine API (biocage image build) install from these wheels.
+  if ! ls "$root"/python_docker/wheels/pip-*.whl >/dev/null 2>&1; then
+    TAG=$IMAGE "$root/python_docker/build.sh" --wheels
+  fi
 }
 
 podman_env() {

@@ -12,7 +12,7 @@ trap 'rm -f "$report" "$log"' EXIT
 export BIOCAGE_REPORT=$report
 echo "engines under test: $BIOCAGE_TEST_ENGINES${CONTAINER_HOST:+ (podman at $CONTAINER_HOST)}"
 set +e
-cargo test --workspace "$@" 2>&1 | tee "$log"
+cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 echo "== conformance cases per backend"

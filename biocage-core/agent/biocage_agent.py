@@ -318,6 +318,10 @@ def _worker_main(fds, config):
         except OSError:
             pass
         _apply_rlimits(config.get("rlimits") or {})
+        if config.get("umask") is not None:
+            # Staged read-write exposures the host could not give to this user: what
+            # the sandbox creates there must stay removable by the host user.
+            os.umask(int(config["umask"]))
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
         for name in ("SIGCHLD", "SIGTERM"):
@@ -334,6 +338,10 @@ def _worker_main(fds, config):
             except OSError:
                 pass
         sys.argv = [""]
+        # Figures come back in the result: plt.show() on the headless backend is not an error.
+        import warnings
+
+        warnings.filterwarnings("ignore", message=".*non-interactive.*")
         Worker(cmd_r, res_w, out_w, err_w, config).loop()
     except BaseException:
         import traceback
@@ -771,6 +779,12 @@ def _open_nofollow(path, flags, mode=0o644):
         os.close(dirfd)
 
 
+def _has_link(path):
+    """True when a component of path is a symbolic link (for the error message only)."""
+    parts = [p for p in path.split("/") if p]
+    return any(os.path.islink("/" + "/".join(parts[: i + 1])) for i in range(len(parts)))
+
+
 def file_op(op, req, config):
     rid = req.get("id")
     path = req.get("path")
@@ -817,7 +831,7 @@ def file_op(op, req, config):
                 os.close(fd)
             return {"id": rid, "op": "ok", "names": names}
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR) and _has_link(path):
             msg = "%s: refusing to follow a symbolic link" % path
         else:
             msg = "%s: %s" % (path, os.strerror(exc.errno or 0))

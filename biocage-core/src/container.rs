@@ -37,3 +37,15 @@ pub trait ContainerOps: Send + Sync + 'static {
     /// Removes the container without waiting (for `Drop`); best effort.
     fn remove_in_background(&self);
 }
+
+/// What a backend does to make a sandbox container from a spec: create it, start it,
+/// and hand back its [`ContainerOps`]. [`crate::launch_session`] does the rest.
+#[async_trait]
+pub trait ContainerLauncher: Send + Sync {
+    /// Creates and starts the container; on failure nothing is left behind.
+    async fn launch(
+        &self,
+        spec: &crate::ContainerSpec,
+        cgroup_limits: bool,
+    ) -> Result<std::sync::Arc<dyn ContainerOps>>;
+}

@@ -51,6 +51,33 @@ pub struct Capabilities {
     pub cgroup_version: u8,
     /// Whether the engine applies memory, pids and cpu limits to containers.
     pub cgroup_limits: bool,
+    /// How container uids map to host uids (empty: the identity, as on rootful engines).
+    #[serde(default)]
+    pub uid_map: Vec<IdMap>,
+    /// How container gids map to host gids (empty: the identity).
+    #[serde(default)]
+    pub gid_map: Vec<IdMap>,
+}
+
+/// One range of a user-namespace id mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdMap {
+    /// First id inside the container.
+    pub container_id: u32,
+    /// First id on the host.
+    pub host_id: u32,
+    /// Number of ids.
+    pub size: u32,
+}
+
+/// The host id of container id `id` under `map` (the identity when the map is empty).
+pub fn map_id(map: &[IdMap], id: u32) -> Option<u32> {
+    if map.is_empty() {
+        return Some(id);
+    }
+    map.iter()
+        .find(|m| id >= m.container_id && id - m.container_id < m.size)
+        .map(|m| m.host_id + (id - m.container_id))
 }
 
 /// How a given configuration's limits will be enforced on a given engine.
@@ -182,6 +209,8 @@ mod tests {
             rootless: !cgroup_limits,
             cgroup_version: 1,
             cgroup_limits,
+            uid_map: vec![],
+            gid_map: vec![],
         }
     }
 
@@ -212,5 +241,25 @@ mod tests {
         );
         assert_eq!(plan.rlimits["data"], 512 << 20);
         assert_eq!(plan.rlimits["nproc"], 256);
+    }
+
+    #[test]
+    fn ids_map_through_ranges() {
+        let map = [
+            IdMap {
+                container_id: 0,
+                host_id: 1001,
+                size: 1,
+            },
+            IdMap {
+                container_id: 1,
+                host_id: 200000,
+                size: 65536,
+            },
+        ];
+        assert_eq!(map_id(&map, 0), Some(1001));
+        assert_eq!(map_id(&map, 1000), Some(200999));
+        assert_eq!(map_id(&map, 70000), None);
+        assert_eq!(map_id(&[], 1000), Some(1000));
     }
 }

@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::limits::LimitPlan;
 use crate::result::{ErrorKind, ExecutionResult, EXIT_KILLED, EXIT_TIMEOUT};
 use crate::runtime::{Session, SessionInfo};
+use crate::staging::Staging;
 
 /// How long a new supervisor may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -45,6 +46,7 @@ pub struct AgentSession {
     runs: AtomicU64,
     temp_files: AtomicU64,
     closed: AtomicBool,
+    staging: Arc<std::sync::Mutex<Staging>>,
 }
 
 impl AgentSession {
@@ -56,6 +58,7 @@ impl AgentSession {
         config: SandboxConfig,
         plan: LimitPlan,
         agent_argv: Vec<String>,
+        staging: Staging,
     ) -> Result<Self> {
         let conn = match connect(ops.as_ref(), &agent_argv).await {
             Ok(c) => c,
@@ -79,6 +82,7 @@ impl AgentSession {
             runs: AtomicU64::new(0),
             temp_files: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            staging: Arc::new(std::sync::Mutex::new(staging)),
         })
     }
 
@@ -141,6 +145,26 @@ impl AgentSession {
             ));
         }
         Ok(reply)
+    }
+
+    /// Mirrors read-write exposures back to the host; returns a note for stderr on failure.
+    async fn sync_back(&self) -> Option<String> {
+        let staging = self.staging.clone();
+        let outcome = tokio::task::spawn_blocking(move || lock_staging(&staging).sync_back()).await;
+        match outcome {
+            Ok(Ok(report)) => {
+                if !report.skipped.is_empty() {
+                    tracing::info!(session = %self.id, "not copied back (links or special files): {:?}", report.skipped);
+                }
+                None
+            }
+            Ok(Err(e)) => Some(format!(
+                "[biocage] copying read-write exposures back to the host failed: {e}\n"
+            )),
+            Err(e) => Some(format!(
+                "[biocage] copying read-write exposures back to the host failed: {e}\n"
+            )),
+        }
     }
 
     fn lost_result(
@@ -249,6 +273,9 @@ impl Session for AgentSession {
         if self.lost.swap(false, Ordering::AcqRel) {
             result.state_lost = true;
         }
+        if let Some(note) = self.sync_back().await {
+            result.stderr.push_str(&note);
+        }
         Ok(result)
     }
 
@@ -335,7 +362,11 @@ impl Session for AgentSession {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        self.ops.remove().await
+        let removed = self.ops.remove().await;
+        if let Some(note) = self.sync_back().await {
+            tracing::warn!(session = %self.id, "{}", note.trim_end());
+        }
+        removed
     }
 }
 
@@ -343,7 +374,15 @@ impl Drop for AgentSession {
     fn drop(&mut self) {
         if !self.closed.swap(true, Ordering::AcqRel) {
             tracing::debug!(session = %self.id, "session dropped without close; removing its container");
+            if let Err(e) = lock_staging(&self.staging).sync_back() {
+                tracing::warn!(session = %self.id, "copying read-write exposures back: {e}");
+            }
             self.ops.remove_in_background();
         }
     }
+}
+
+fn lock_staging(s: &std::sync::Mutex<Staging>) -> std::sync::MutexGuard<'_, Staging> {
+    // Staging holds plain data: a panic elsewhere cannot leave it half-updated.
+    s.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -9,6 +9,7 @@ use crate::agent;
 use crate::config::{ExposureMode, SandboxConfig};
 use crate::error::{Error, Result};
 use crate::limits::LimitPlan;
+use crate::staging::Staging;
 
 /// Label set on every container BioCage manages.
 pub const LABEL_MANAGED: &str = "org.biocage.managed";
@@ -95,7 +96,12 @@ pub struct ContainerSpec {
 
 impl ContainerSpec {
     /// The spec for a session `session_id` with `config`, limits held as `plan` says.
-    pub fn new(session_id: &str, config: &SandboxConfig, plan: &LimitPlan) -> Result<Self> {
+    pub fn new(
+        session_id: &str,
+        config: &SandboxConfig,
+        plan: &LimitPlan,
+        staging: Option<&Staging>,
+    ) -> Result<Self> {
         config.validate()?;
         let mut labels = BTreeMap::new();
         labels.insert(LABEL_MANAGED.to_string(), "true".to_string());
@@ -134,15 +140,18 @@ impl ContainerSpec {
                 ),
             },
         ];
-        let binds = config
-            .exposures
-            .iter()
-            .map(|e| BindMount {
-                host: e.host.clone(),
-                target: e.container.clone(),
-                read_only: e.mode == ExposureMode::ReadOnly,
-            })
-            .collect();
+        let binds = match staging {
+            Some(st) => st.binds().to_vec(),
+            None => config
+                .exposures
+                .iter()
+                .map(|e| BindMount {
+                    host: e.host.clone(),
+                    target: e.container.clone(),
+                    read_only: e.mode == ExposureMode::ReadOnly,
+                })
+                .collect(),
+        };
         let mut file_roots = vec![config.workspace.clone(), "/tmp".to_string()];
         file_roots.extend(
             config
@@ -160,6 +169,7 @@ impl ContainerSpec {
             "workdir": config.workspace,
             "file_roots": file_roots,
             "pids_limit": config.pids_limit,
+            "umask": staging.is_some_and(Staging::needs_open_umask).then_some(0),
         });
         Ok(ContainerSpec {
             name: format!("biocage-{session_id}"),
@@ -278,6 +288,8 @@ mod tests {
             rootless: false,
             cgroup_version: 1,
             cgroup_limits: true,
+            uid_map: vec![],
+            gid_map: vec![],
         };
         LimitPlan::new(&caps, config).unwrap()
     }
@@ -285,7 +297,7 @@ mod tests {
     #[test]
     fn spec_is_hardened_and_labelled() {
         let c = SandboxConfig::default();
-        let s = ContainerSpec::new("abc", &c, &plan(&c)).unwrap();
+        let s = ContainerSpec::new("abc", &c, &plan(&c), None).unwrap();
         assert_eq!(s.labels[LABEL_MANAGED], "true");
         assert_eq!(s.labels[LABEL_SESSION], "abc");
         assert!(!s.network);

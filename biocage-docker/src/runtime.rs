@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use biocage_core::limits::Capabilities;
 use biocage_core::spec::LABEL_OWNER_PID;
 use biocage_core::{
-    AgentSession, BuildOptions, ContainerSpec, Error, LimitPlan, Result, SandboxConfig,
-    SandboxRuntime, SandboxSummary, Session, LABEL_MANAGED, LABEL_SESSION,
+    launch_session, BuildOptions, ContainerLauncher, ContainerOps, ContainerSpec, Error, Result,
+    SandboxConfig, SandboxRuntime, SandboxSummary, Session, LABEL_MANAGED, LABEL_SESSION,
 };
 use bollard::query_parameters::{CreateContainerOptions, ListContainersOptions};
 use bollard::Docker;
@@ -66,8 +66,15 @@ impl DockerRuntime {
     pub fn endpoint(&self) -> &str {
         &self.endpoint
     }
+}
 
-    async fn create_container(&self, spec: &ContainerSpec, cgroup_limits: bool) -> Result<String> {
+#[async_trait]
+impl ContainerLauncher for DockerRuntime {
+    async fn launch(
+        &self,
+        spec: &ContainerSpec,
+        cgroup_limits: bool,
+    ) -> Result<Arc<dyn ContainerOps>> {
         let opts = CreateContainerOptions {
             name: Some(spec.name.clone()),
             platform: String::new(),
@@ -85,7 +92,12 @@ impl DockerRuntime {
                 e,
             ));
         }
-        Ok(created.id)
+        Ok(Arc::new(DockerContainer {
+            docker: self.docker.clone(),
+            id: created.id,
+            name: spec.name.clone(),
+            user: spec.user.clone(),
+        }))
     }
 }
 
@@ -126,6 +138,9 @@ impl SandboxRuntime for DockerRuntime {
                     cgroup_version,
                     // Rootless Docker on cgroup v1 cannot limit resources either.
                     cgroup_limits: !(rootless && cgroup_version == 1),
+                    // Rootful Docker runs container uids as the same host uids.
+                    uid_map: Vec::new(),
+                    gid_map: Vec::new(),
                 })
             })
             .await
@@ -153,28 +168,13 @@ impl SandboxRuntime for DockerRuntime {
     }
 
     async fn create_session(&self, config: &SandboxConfig) -> Result<Box<dyn Session>> {
-        config.validate()?;
-        let caps = self.capabilities().await?;
-        let plan = LimitPlan::new(&caps, config)?;
-        if !self.image_exists(&config.image).await? {
-            return Err(Error::ImageMissing {
-                image: config.image.clone(),
-                engine: ENGINE.to_string(),
-                build_command: "biocage image build (or: sudo scripts/setup.sh docker)".to_string(),
-            });
-        }
-        let session_id = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
-        let spec = ContainerSpec::new(&session_id, config, &plan)?;
-        let id = self.create_container(&spec, caps.cgroup_limits).await?;
-        let ops = Arc::new(DockerContainer {
-            docker: self.docker.clone(),
-            id,
-            name: spec.name.clone(),
-            user: spec.user.clone(),
-        });
-        let session =
-            AgentSession::start(session_id, ops, config.clone(), plan, spec.agent_argv).await?;
-        Ok(Box::new(session))
+        launch_session(
+            self,
+            self,
+            config,
+            "biocage image build (or: sudo scripts/setup.sh docker)",
+        )
+        .await
     }
 
     async fn list_sandboxes(&self) -> Result<Vec<SandboxSummary>> {

@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use biocage_core::limits::Capabilities;
 use biocage_core::spec::LABEL_OWNER_PID;
 use biocage_core::{
-    AgentSession, BuildOptions, ContainerSpec, Error, LimitPlan, Result, SandboxConfig,
-    SandboxRuntime, SandboxSummary, Session, LABEL_MANAGED, LABEL_SESSION,
+    launch_session, BuildOptions, ContainerLauncher, ContainerOps, ContainerSpec, Error, IdMap,
+    Result, SandboxConfig, SandboxRuntime, SandboxSummary, Session, LABEL_MANAGED, LABEL_SESSION,
 };
 use podman_api::opts::{ContainerListFilter, ContainerListOpts};
 use podman_api::Podman;
@@ -75,6 +75,33 @@ impl PodmanRuntime {
 }
 
 #[async_trait]
+impl ContainerLauncher for PodmanRuntime {
+    async fn launch(
+        &self,
+        spec: &ContainerSpec,
+        cgroup_limits: bool,
+    ) -> Result<Arc<dyn ContainerOps>> {
+        let created = self
+            .podman
+            .containers()
+            .create(&create_opts(spec, cgroup_limits))
+            .await
+            .map_err(|e| self.engine_error(&format!("creating container {}", spec.name), e))?;
+        let id = created.id;
+        if let Err(e) = self.podman.containers().get(&id).start(None).await {
+            let _ = remove_container(&self.podman, &id).await;
+            return Err(self.engine_error(&format!("starting container {}", spec.name), e));
+        }
+        Ok(Arc::new(PodmanContainer {
+            podman: self.podman.clone(),
+            id,
+            name: spec.name.clone(),
+            user: spec.user.clone(),
+        }))
+    }
+}
+
+#[async_trait]
 impl SandboxRuntime for PodmanRuntime {
     fn name(&self) -> &str {
         ENGINE
@@ -94,6 +121,9 @@ impl SandboxRuntime for PodmanRuntime {
                     .await
                     .map_err(|e| self.engine_error("reading engine info", e))?;
                 let host = info.host;
+                let maps = host.as_ref().and_then(|h| h.id_mappings.as_ref());
+                let uid_map = id_map(maps.and_then(|m| m.uidmap.as_deref()));
+                let gid_map = id_map(maps.and_then(|m| m.gidmap.as_deref()));
                 let rootless = host
                     .as_ref()
                     .and_then(|h| h.security.as_ref())
@@ -112,6 +142,8 @@ impl SandboxRuntime for PodmanRuntime {
                     cgroup_version,
                     // Rootless Podman on cgroup v1 ignores memory, pids and cpu limits.
                     cgroup_limits: !(rootless && cgroup_version == 1),
+                    uid_map,
+                    gid_map,
                 })
             })
             .await
@@ -136,40 +168,13 @@ impl SandboxRuntime for PodmanRuntime {
     }
 
     async fn create_session(&self, config: &SandboxConfig) -> Result<Box<dyn Session>> {
-        config.validate()?;
-        let caps = self.capabilities().await?;
-        let plan = LimitPlan::new(&caps, config)?;
-        if !self.image_exists(&config.image).await? {
-            return Err(Error::ImageMissing {
-                image: config.image.clone(),
-                engine: ENGINE.to_string(),
-                build_command:
-                    "biocage --runtime podman image build (or: sudo scripts/setup.sh podman)"
-                        .to_string(),
-            });
-        }
-        let session_id = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
-        let spec = ContainerSpec::new(&session_id, config, &plan)?;
-        let created = self
-            .podman
-            .containers()
-            .create(&create_opts(&spec, caps.cgroup_limits))
-            .await
-            .map_err(|e| self.engine_error(&format!("creating container {}", spec.name), e))?;
-        let id = created.id;
-        if let Err(e) = self.podman.containers().get(&id).start(None).await {
-            let _ = remove_container(&self.podman, &id).await;
-            return Err(self.engine_error(&format!("starting container {}", spec.name), e));
-        }
-        let ops = Arc::new(PodmanContainer {
-            podman: self.podman.clone(),
-            id,
-            name: spec.name.clone(),
-            user: spec.user.clone(),
-        });
-        let session =
-            AgentSession::start(session_id, ops, config.clone(), plan, spec.agent_argv).await?;
-        Ok(Box::new(session))
+        launch_session(
+            self,
+            self,
+            config,
+            "biocage --runtime podman image build (or: sudo scripts/setup.sh podman)",
+        )
+        .await
     }
 
     async fn list_sandboxes(&self) -> Result<Vec<SandboxSummary>> {
@@ -205,4 +210,19 @@ impl SandboxRuntime for PodmanRuntime {
     async fn remove_sandbox(&self, id: &str) -> Result<()> {
         remove_container(&self.podman, id).await
     }
+}
+
+/// The engine's user-namespace mapping (empty when it runs without one).
+fn id_map(ranges: Option<&[podman_api::models::IdMap]>) -> Vec<IdMap> {
+    ranges
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|r| {
+            Some(IdMap {
+                container_id: u32::try_from(r.container_id?).ok()?,
+                host_id: u32::try_from(r.host_id?).ok()?,
+                size: u32::try_from(r.size?).ok()?,
+            })
+        })
+        .collect()
 }

@@ -45,4 +45,10 @@ conformance!(
     lifecycle::drop_cleans_up,
     lifecycle::restart_is_fresh,
     lifecycle::remove_by_id,
+    files::seed_file_and_directory_integration,
+    files::seed_temporary_file_creation,
+    files::seed_multi_step_workflow,
+    files::transfers_refuse_attacks,
+    files::plots_return_images,
+    files::info_describes_the_session,
 );

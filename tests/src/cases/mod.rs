@@ -2,6 +2,7 @@
 
 pub mod crashes;
 pub mod errors;
+pub mod files;
 pub mod lifecycle;
 pub mod limits;
 pub mod output;

@@ -1,0 +1,50 @@
+//! Making a session, the same way on every engine.
+
+use crate::config::SandboxConfig;
+use crate::container::ContainerLauncher;
+use crate::error::{Error, Result};
+use crate::limits::{map_id, LimitPlan};
+use crate::runtime::{SandboxRuntime, Session};
+use crate::session::AgentSession;
+use crate::spec::ContainerSpec;
+use crate::staging::{HostOwner, Staging};
+
+/// Checks the config, plans the limits (refusing what cannot be held), checks the image,
+/// stages exposures, has `launcher` start the container and connects the agent.
+/// `build_command` is what the image-missing error tells the user to run.
+pub async fn launch_session(
+    rt: &dyn SandboxRuntime,
+    launcher: &dyn ContainerLauncher,
+    config: &SandboxConfig,
+    build_command: &str,
+) -> Result<Box<dyn Session>> {
+    config.validate()?;
+    let caps = rt.capabilities().await?;
+    let plan = LimitPlan::new(&caps, config)?;
+    if !rt.image_exists(&config.image).await? {
+        return Err(Error::ImageMissing {
+            image: config.image.clone(),
+            engine: rt.name().to_string(),
+            build_command: build_command.to_string(),
+        });
+    }
+    let owner = config.user.split_once(':').and_then(|(u, g)| {
+        Some(HostOwner {
+            uid: map_id(&caps.uid_map, u.parse().ok()?)?,
+            gid: map_id(&caps.gid_map, g.parse().ok()?)?,
+        })
+    });
+    let config = config.clone();
+    let staging = tokio::task::spawn_blocking({
+        let exposures = config.exposures.clone();
+        move || Staging::prepare(&exposures, owner)
+    })
+    .await
+    .map_err(|e| Error::Agent(format!("staging exposures: {e}")))??;
+    let session_id = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
+    let spec = ContainerSpec::new(&session_id, &config, &plan, Some(&staging))?;
+    let ops = launcher.launch(&spec, caps.cgroup_limits).await?;
+    let session =
+        AgentSession::start(session_id, ops, config, plan, spec.agent_argv, staging).await?;
+    Ok(Box::new(session))
+}
