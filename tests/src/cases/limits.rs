@@ -27,9 +27,10 @@ pub async fn limits_are_reported(rt: &dyn SandboxRuntime) {
     if caps.cgroup_limits {
         assert_eq!(get("cpu").enforcement, Enforcement::Engine);
     } else {
-        eprintln!(
-            "CAPABILITY ({}): cpu limit not enforceable; reported as unenforced",
-            rt.name()
+        crate::harness::note_capability(
+            rt.name(),
+            "limits_are_reported",
+            "no cgroup limits (rootless, cgroup v1): memory and pids held by rlimits, cpu reported unenforced",
         );
         assert_eq!(get("cpu").enforcement, Enforcement::Unenforced);
     }
@@ -40,9 +41,10 @@ pub async fn limits_are_reported(rt: &dyn SandboxRuntime) {
 pub async fn unenforceable_limit_refuses_to_start(rt: &dyn SandboxRuntime) {
     let caps = caps(rt).await;
     if caps.cgroup_limits {
-        eprintln!(
-            "CAPABILITY ({}): every limit enforceable; the refusal path does not apply",
-            rt.name()
+        crate::harness::note_capability(
+            rt.name(),
+            "unenforceable_limit_refuses_to_start",
+            "every limit enforceable: checked that the default config is accepted instead",
         );
         assert!(rt
             .limit_plan(&biocage_core::SandboxConfig::default())
