@@ -31,6 +31,70 @@ READ_CHUNK = 65536
 HIGH_FD = 200
 
 
+def _set_dumpable(flag):
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(4, flag, 0, 0, 0)  # PR_SET_DUMPABLE
+    except Exception:
+        pass
+
+
+# Per architecture: audit arch, then syscall numbers of unshare, clone, clone3, and of
+# calls refused outright (keyctl, add_key, request_key, bpf, perf_event_open).
+_SECCOMP_TABLE = {
+    "x86_64": (0xC000003E, 272, 56, 435, (250, 248, 249, 321, 298)),
+    "aarch64": (0xC00000B7, 97, 220, 435, (219, 217, 218, 280, 241)),
+}
+
+
+def _forbid_namespaces():
+    """Installs a seccomp filter (inherited by all user code) that refuses new
+    namespaces (unshare; clone with namespace flags; clone3 gets ENOSYS so that libc
+    falls back to clone) and the kernel keyring, bpf and perf_event_open. Engines'
+    own profiles differ here (rootless Podman allows unshare and keyctl); this holds
+    on every one. Returns whether the filter is in place."""
+    info = _SECCOMP_TABLE.get(os.uname().machine)
+    if info is None:
+        return False
+    arch, nr_unshare, nr_clone, nr_clone3, denied = info
+    namespaces = 0x7E020000  # CLONE_NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET
+    ld, jeq, jset, ret = 0x20, 0x15, 0x45, 0x06
+    # Instructions with symbolic jump targets, resolved below.
+    code = [(ld, None, None, 4), (jeq, 0, "allow", arch), (ld, None, None, 0)]
+    for nr in (nr_unshare,) + tuple(denied):
+        code.append((jeq, "eperm", 0, nr))
+    code += [
+        (jeq, "enosys", 0, nr_clone3),
+        (jeq, 0, "allow", nr_clone),
+        (ld, None, None, 16),  # clone flags: low 32 bits of the first argument
+        (jset, "eperm", "allow", namespaces),
+    ]
+    labels = {"allow": 0x7FFF0000, "eperm": 0x00050000 | errno.EPERM, "enosys": 0x00050000 | errno.ENOSYS}
+    at = {name: len(code) + k for k, name in enumerate(labels)}
+    prog = []
+    for pos, (op, jt, jf, k) in enumerate(code):
+        rel = lambda t: 0 if t is None else (at[t] - pos - 1 if isinstance(t, str) else t)
+        prog.append((op, rel(jt), rel(jf), k))
+    prog += [(ret, 0, 0, value) for value in labels.values()]
+    try:
+        import ctypes
+
+        class Filter(ctypes.Structure):
+            _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte),
+                        ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
+
+        class Prog(ctypes.Structure):
+            _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Filter))]
+
+        filters = (Filter * len(prog))(*[Filter(*f) for f in prog])
+        fprog = Prog(len(prog), filters)
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) == 0  # PR_SET_SECCOMP, FILTER
+    except Exception:
+        return False
+
+
 def _harden_self():
     """Sets no_new_privs (inherited by every process user code starts, whatever the
     engine did) and makes this process non-dumpable, so same-uid code cannot ptrace
@@ -40,9 +104,9 @@ def _harden_self():
 
         libc = ctypes.CDLL(None)
         libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
-        libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
     except Exception:
         pass
+    _set_dumpable(0)
 
 
 # --------------------------------------------------------------------------- init
@@ -128,6 +192,7 @@ class Worker:
 
     def __init__(self, cmd_fd, res_fd, out_fd, err_fd, config):
         self.cmd = os.fdopen(cmd_fd, "rb", buffering=0)
+        self.null_fd = _move_fd(os.open(os.devnull, os.O_RDONLY), HIGH_FD + 4)
         self.res_fd = res_fd
         self.out_fd = out_fd
         self.err_fd = err_fd
@@ -138,10 +203,9 @@ class Worker:
         self.stderr = sys.stderr
 
     def restore_stdio(self):
-        """Puts fds 0-2 and sys.std* back, whatever the previous run did to them."""
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)
-        os.close(devnull)
+        """Puts fds 0-2 and sys.std* back, whatever the previous run did to them (with
+        dup2 only: it needs no free descriptor, so it works after fd exhaustion)."""
+        os.dup2(self.null_fd, 0)
         os.dup2(self.out_fd, 1)
         os.dup2(self.err_fd, 2)
         sys.stdout, sys.stderr = self.stdout, self.stderr
@@ -163,9 +227,12 @@ class Worker:
         self.cell += 1
         reply = self.execute(req["code"], req.get("filename") or "<cell-%d>" % self.cell)
         reply["id"] = req["id"]
-        reply["culled"] = _cull_if_near_limit(self.config.get("pids_limit"))
-        if self.config.get("capture_figures"):
-            reply["images"] = _collect_figures()
+        try:
+            reply["culled"] = _cull_if_near_limit(self.config.get("pids_limit"))
+            if self.config.get("capture_figures"):
+                reply["images"] = _collect_figures()
+        except Exception as exc:  # e.g. no descriptor left: the run's result still goes back
+            reply["agent_note"] = "post-run work failed: %s" % exc
         for stream in (sys.stdout, sys.stderr, self.stdout, self.stderr):
             try:
                 stream.flush()
@@ -294,6 +361,7 @@ def _worker_main(fds, config):
     """Body of the forked worker process; never returns."""
     try:
         os.setsid()
+        _set_dumpable(1)  # the supervisor is not; user code needs its own /proc/self
         cmd_r, res_w, out_w, err_w = fds
         cmd_r = _move_fd(cmd_r, HIGH_FD)
         res_w = _move_fd(res_w, HIGH_FD + 1)
@@ -682,7 +750,8 @@ class Supervisor:
         self.start_worker()
         self.send({"op": "hello", "agent_version": AGENT_VERSION, "python": sys.version.split()[0],
                    "pid": os.getpid(), "worker_pid": self.worker["pid"],
-                   "rlimits": self.config.get("rlimits") or {}, "oom_counter": _oom_kills() is not None})
+                   "rlimits": self.config.get("rlimits") or {}, "oom_counter": _oom_kills() is not None,
+                   "seccomp": self.config.get("seccomp", False)})
         while not self.closing:
             fds = [self.ctl_in]
             if self.worker is not None:
@@ -848,6 +917,7 @@ def main(argv):
     elif len(argv) >= 2 and argv[1] == SERVE_MARK:
         config = json.loads(argv[2]) if len(argv) > 2 else {}
         _harden_self()
+        config["seccomp"] = _forbid_namespaces()
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
         Supervisor(config).serve()

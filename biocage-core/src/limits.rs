@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::SandboxConfig;
 use crate::error::{Error, Result};
 use crate::size::format_size;
+use crate::spec::TMPFS_INODES;
 
 /// Who enforces a limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +52,8 @@ pub struct Capabilities {
     pub cgroup_version: u8,
     /// Whether the engine applies memory, pids and cpu limits to containers.
     pub cgroup_limits: bool,
+    /// Whether the engine can cap the number of files in a tmpfs (nr_inodes).
+    pub tmpfs_inode_limit: bool,
     /// How container uids map to host uids (empty: the identity, as on rootful engines).
     #[serde(default)]
     pub uid_map: Vec<IdMap>,
@@ -168,6 +171,28 @@ impl LimitPlan {
                 "not enforced: no cgroup cpu quota on this engine (the run timeout still bounds time)",
             ));
         }
+        if caps.tmpfs_inode_limit {
+            limits.push(status(
+                "files",
+                format!("{TMPFS_INODES} per tmpfs"),
+                Enforcement::Engine,
+                "tmpfs nr_inodes on /tmp and the workspace",
+            ));
+        } else {
+            if !config.allow_unenforced_limits {
+                return Err(Error::UnenforceableLimit {
+                    limit: "files",
+                    engine: caps.engine.clone(),
+                    reason: "the engine refuses the tmpfs nr_inodes option, so the number of files in /tmp and the workspace is bounded only by the kernel's default".into(),
+                });
+            }
+            limits.push(status(
+                "files",
+                format!("{TMPFS_INODES} per tmpfs"),
+                Enforcement::Unenforced,
+                "not enforced: the engine refuses tmpfs nr_inodes (the kernel default, half the RAM pages, applies)",
+            ));
+        }
         limits.push(status(
             "timeout",
             format!("{}s", config.timeout.as_secs_f64()),
@@ -209,6 +234,7 @@ mod tests {
             rootless: !cgroup_limits,
             cgroup_version: 1,
             cgroup_limits,
+            tmpfs_inode_limit: cgroup_limits,
             uid_map: vec![],
             gid_map: vec![],
         }

@@ -69,6 +69,26 @@ pub trait SandboxRuntime: Send + Sync {
     }
 }
 
+/// Removes orphaned sandboxes (left by a host process that died), logging what it did;
+/// runtimes call it when they connect, so nothing outlives its owner for long.
+pub async fn reap_orphans(rt: &dyn SandboxRuntime) {
+    match rt.gc().await {
+        Ok(removed) if !removed.is_empty() => {
+            let names: Vec<&str> = removed.iter().map(|s| s.name.as_str()).collect();
+            tracing::info!(
+                engine = rt.name(),
+                "removed orphaned sandboxes: {}",
+                names.join(", ")
+            );
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(
+            engine = rt.name(),
+            "could not remove orphaned sandboxes: {e}"
+        ),
+    }
+}
+
 /// A managed sandbox as listed by [`SandboxRuntime::list_sandboxes`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SandboxSummary {
@@ -84,17 +104,23 @@ pub struct SandboxSummary {
     pub state: String,
     /// Host pid of the process that made it, if labelled.
     pub owner_pid: Option<u32>,
+    /// Host that made it, if labelled.
+    #[serde(default)]
+    pub owner_host: Option<String>,
 }
 
 impl SandboxSummary {
-    /// True when nothing can be using it any more: not running, or its owner process is gone.
+    /// True when nothing can be using it any more: it has stopped, or the process that
+    /// made it (on this host) is gone. A sandbox of a live owner, or of another host, is
+    /// kept even while it is still being created.
     pub fn is_orphaned(&self) -> bool {
-        if self.state != "running" {
+        if matches!(self.state.as_str(), "exited" | "dead" | "stopped") {
             return true;
         }
+        let here = self.owner_host.as_deref() == Some(crate::spec::host_name().as_str());
         match self.owner_pid {
-            Some(pid) => !std::path::Path::new(&format!("/proc/{pid}")).exists(),
-            None => false,
+            Some(pid) if here => !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            _ => false,
         }
     }
 }

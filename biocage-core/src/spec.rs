@@ -17,6 +17,15 @@ pub const LABEL_MANAGED: &str = "org.biocage.managed";
 pub const LABEL_SESSION: &str = "org.biocage.session";
 /// Label holding the host process id that made the sandbox.
 pub const LABEL_OWNER_PID: &str = "org.biocage.owner-pid";
+/// Label holding the name of the host that made the sandbox (owner pids mean nothing elsewhere).
+pub const LABEL_OWNER_HOST: &str = "org.biocage.owner-host";
+
+/// This host's name, as labelled on the sandboxes it makes.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
 
 /// Container paths no exposure may cover: the system, and the agent's own places.
 const RESERVED_TARGETS: &[&str] = &[
@@ -36,6 +45,10 @@ const RESERVED_TARGETS: &[&str] = &[
     "/var/run",
     "/opt/biocage",
 ];
+
+/// Most files and folders in each tmpfs: millions of empty files would otherwise pin
+/// kernel memory without counting against the size limit.
+pub const TMPFS_INODES: u32 = 65536;
 
 /// A tmpfs mounted in the container.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +120,7 @@ impl ContainerSpec {
         labels.insert(LABEL_MANAGED.to_string(), "true".to_string());
         labels.insert(LABEL_SESSION.to_string(), session_id.to_string());
         labels.insert(LABEL_OWNER_PID.to_string(), std::process::id().to_string());
+        labels.insert(LABEL_OWNER_HOST.to_string(), host_name());
         let threads = config.cpus.ceil().max(1.0) as u64;
         let mut env = vec![
             "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
@@ -127,13 +141,17 @@ impl ContainerSpec {
         let tmpfs = vec![
             TmpfsMount {
                 target: "/tmp".into(),
-                options: format!("rw,nosuid,nodev,size={},mode=1777", config.tmp_bytes),
+                options: format!(
+                    "rw,nosuid,nodev,size={},nr_inodes={},mode=1777",
+                    config.tmp_bytes, TMPFS_INODES
+                ),
             },
             TmpfsMount {
                 target: config.workspace.clone(),
                 options: format!(
-                    "rw,nosuid,nodev,size={},mode=0700{}",
+                    "rw,nosuid,nodev,size={},nr_inodes={},mode=0700{}",
                     config.workspace_bytes,
+                    TMPFS_INODES,
                     uid_gid
                         .map(|(u, g)| format!(",uid={u},gid={g}"))
                         .unwrap_or_default()
@@ -288,6 +306,7 @@ mod tests {
             rootless: false,
             cgroup_version: 1,
             cgroup_limits: true,
+            tmpfs_inode_limit: true,
             uid_map: vec![],
             gid_map: vec![],
         };

@@ -42,6 +42,12 @@ async fn hello_run_state_and_result_fields() {
     let (ch, hello, _child) = agent(json!({"output_cap": 64})).await;
     assert_eq!(hello["op"], "hello");
     assert_eq!(hello["agent_version"], 1);
+    if cfg!(target_arch = "x86_64") {
+        assert_eq!(
+            hello["seccomp"], true,
+            "the namespace filter is in place: {hello}"
+        );
+    }
     let r = run(&ch, "x = 2\nprint('a' * 100)\nx * 21", 5.0).await;
     assert_eq!(r["op"], "result");
     assert_eq!(r["success"], true);

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use biocage_core::limits::Capabilities;
-use biocage_core::spec::LABEL_OWNER_PID;
+use biocage_core::spec::{LABEL_OWNER_HOST, LABEL_OWNER_PID};
 use biocage_core::{
     launch_session, BuildOptions, ContainerLauncher, ContainerOps, ContainerSpec, Error, Result,
     SandboxConfig, SandboxRuntime, SandboxSummary, Session, LABEL_MANAGED, LABEL_SESSION,
@@ -50,11 +50,13 @@ impl DockerRuntime {
             .map_err(|e| unreachable(&endpoint, e))?;
         docker.ping().await.map_err(|e| unreachable(&endpoint, e))?;
         tracing::debug!(%endpoint, api = %docker.client_version(), "connected to docker");
-        Ok(DockerRuntime {
+        let rt = DockerRuntime {
             docker,
             endpoint,
             caps: OnceCell::new(),
-        })
+        };
+        biocage_core::reap_orphans(&rt).await;
+        Ok(rt)
     }
 
     /// The bollard client, for what this crate does not wrap.
@@ -138,6 +140,7 @@ impl SandboxRuntime for DockerRuntime {
                     cgroup_version,
                     // Rootless Docker on cgroup v1 cannot limit resources either.
                     cgroup_limits: !(rootless && cgroup_version == 1),
+                    tmpfs_inode_limit: true,
                     // Rootful Docker runs container uids as the same host uids.
                     uid_map: Vec::new(),
                     gid_map: Vec::new(),
@@ -206,6 +209,7 @@ impl SandboxRuntime for DockerRuntime {
                     image: c.image.unwrap_or_default(),
                     state: c.state.map(|s| s.to_string()).unwrap_or_default(),
                     owner_pid: labels.get(LABEL_OWNER_PID).and_then(|p| p.parse().ok()),
+                    owner_host: labels.get(LABEL_OWNER_HOST).cloned(),
                 }
             })
             .collect())

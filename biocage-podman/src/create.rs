@@ -119,13 +119,16 @@ fn resources(spec: &ContainerSpec) -> LinuxResources {
 }
 
 /// Podman refuses tmpfs uid=/gid= options; its "U" option chowns the tmpfs to the
-/// container's user instead, which is what they ask for.
+/// container's user instead, which is what they ask for. It refuses nr_inodes too:
+/// the inode limit is then reported as not enforced (see the capabilities).
 fn tmpfs_options(options: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     let mut chown = false;
     for o in options.split(',') {
         if o.starts_with("uid=") || o.starts_with("gid=") {
             chown = true;
+        } else if o.starts_with("nr_inodes=") {
+            continue;
         } else {
             out.push(o.to_string());
         }
@@ -143,7 +146,7 @@ mod tests {
     #[test]
     fn uid_gid_become_chown() {
         assert_eq!(
-            tmpfs_options("rw,size=10,mode=0700,uid=1000,gid=1000"),
+            tmpfs_options("rw,size=10,nr_inodes=5,mode=0700,uid=1000,gid=1000"),
             ["rw", "size=10", "mode=0700", "U"]
         );
         assert_eq!(tmpfs_options("rw,mode=1777"), ["rw", "mode=1777"]);

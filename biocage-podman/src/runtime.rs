@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use biocage_core::limits::Capabilities;
-use biocage_core::spec::LABEL_OWNER_PID;
+use biocage_core::spec::{LABEL_OWNER_HOST, LABEL_OWNER_PID};
 use biocage_core::{
     launch_session, BuildOptions, ContainerLauncher, ContainerOps, ContainerSpec, Error, IdMap,
     Result, SandboxConfig, SandboxRuntime, SandboxSummary, Session, LABEL_MANAGED, LABEL_SESSION,
@@ -33,7 +33,10 @@ impl PodmanRuntime {
         let mut tried = Vec::new();
         for path in &candidates {
             match Self::connect_to(path).await {
-                Ok(rt) => return Ok(rt),
+                Ok(rt) => {
+                    biocage_core::reap_orphans(&rt).await;
+                    return Ok(rt);
+                }
                 Err(e) => tried.push(format!("{} ({e})", path.display())),
             }
         }
@@ -142,6 +145,8 @@ impl SandboxRuntime for PodmanRuntime {
                     cgroup_version,
                     // Rootless Podman on cgroup v1 ignores memory, pids and cpu limits.
                     cgroup_limits: !(rootless && cgroup_version == 1),
+                    // Podman refuses the tmpfs nr_inodes option.
+                    tmpfs_inode_limit: false,
                     uid_map,
                     gid_map,
                 })
@@ -202,6 +207,7 @@ impl SandboxRuntime for PodmanRuntime {
                     image: c.image.unwrap_or_default(),
                     state: c.state.unwrap_or_default(),
                     owner_pid: labels.get(LABEL_OWNER_PID).and_then(|p| p.parse().ok()),
+                    owner_host: labels.get(LABEL_OWNER_HOST).cloned(),
                 }
             })
             .collect())

@@ -51,4 +51,31 @@ conformance!(
     files::transfers_refuse_attacks,
     files::plots_return_images,
     files::info_describes_the_session,
+    security::no_network,
+    security::network_only_when_enabled,
+    security::read_only_root_cannot_be_remounted,
+    security::no_privilege,
+    security::nothing_of_the_host_or_other_sessions_leaks,
+    security::no_devices,
+    resources::cpu_spin_is_bounded,
+    resources::disks_fill_to_their_size,
+    resources::descriptors_and_inodes_run_out_cleanly,
+    resources::output_floods_are_capped,
+    resources::daemons_die_with_the_interpreter,
+    lifecycle::cancelled_caller_leaves_nothing,
+    load::parallel_sessions_keep_results_apart,
 );
+
+#[rstest]
+#[case::docker("docker")]
+#[case::podman("podman")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_owner_leaves_nothing(#[case] engine: &str) {
+    if let Some(rt) = harness::runtime(engine).await {
+        cases::lifecycle::killed_owner_leaves_nothing(
+            rt.as_ref(),
+            env!("CARGO_BIN_EXE_orphan_helper"),
+        )
+        .await;
+    }
+}

@@ -123,3 +123,80 @@ pub async fn remove_by_id(rt: &dyn SandboxRuntime) {
     }
     drop(s);
 }
+
+/// The caller's task is cancelled mid-run: the dropped session's container goes away.
+pub async fn cancelled_caller_leaves_nothing(rt: &dyn SandboxRuntime) {
+    let config = crate::harness::config(rt).await;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let s = rt.create_session(&config).await.unwrap();
+    let task = tokio::spawn(async move {
+        let id = s.info().await.unwrap().container_id;
+        let _ = tx.send(id);
+        let _ = s.run("import time\ntime.sleep(600)").await;
+    });
+    let id = rx.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    task.abort();
+    let _ = task.await;
+    wait_gone(rt, &id, "after its caller's task was cancelled").await;
+}
+
+async fn wait_gone(rt: &dyn SandboxRuntime, id: &str, when: &str) {
+    for _ in 0..100 {
+        if !rt
+            .list_sandboxes()
+            .await
+            .unwrap()
+            .iter()
+            .any(|l| l.container_id == id)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("container {id} still there 20 s {when}");
+}
+
+/// The host process is killed mid-run: its sandbox is gone once the runtime next
+/// starts (and by itself shortly after, through the agent's orphan watchdog).
+pub async fn killed_owner_leaves_nothing(rt: &dyn SandboxRuntime, helper: &str) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(helper)
+        .arg(rt.name())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("helper process");
+    let stdout = child.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.starts_with("BIOCAGE-CONTAINER "))
+    })
+    .await
+    .unwrap()
+    .expect("the helper reports its container");
+    let id = line.trim_start_matches("BIOCAGE-CONTAINER ").to_string();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        rt.list_sandboxes()
+            .await
+            .unwrap()
+            .iter()
+            .any(|l| l.container_id == id),
+        "the killed helper's sandbox exists until someone collects it"
+    );
+    let restarted = crate::harness::connect(rt.name()).await.unwrap();
+    assert!(
+        !restarted
+            .list_sandboxes()
+            .await
+            .unwrap()
+            .iter()
+            .any(|l| l.container_id == id),
+        "the runtime's next start removes the orphan"
+    );
+}
