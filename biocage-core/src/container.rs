@@ -34,8 +34,6 @@ pub trait ContainerOps: Send + Sync + 'static {
     async fn is_running(&self) -> Result<bool>;
     /// Removes the container and everything in it.
     async fn remove(&self) -> Result<()>;
-    /// Removes the container without waiting (for `Drop`); best effort.
-    fn remove_in_background(&self);
 }
 
 /// What a backend does to make a sandbox container from a spec: create it, start it,

@@ -110,6 +110,26 @@ pub struct SandboxSummary {
 }
 
 impl SandboxSummary {
+    /// A summary from what an engine lists: ids, image, state and the BioCage labels.
+    pub fn from_labels(
+        container_id: String,
+        name: String,
+        image: String,
+        state: String,
+        labels: &std::collections::HashMap<String, String>,
+    ) -> Self {
+        use crate::spec::{LABEL_OWNER_HOST, LABEL_OWNER_PID, LABEL_SESSION};
+        SandboxSummary {
+            container_id,
+            name: name.trim_start_matches('/').to_string(),
+            session_id: labels.get(LABEL_SESSION).cloned().unwrap_or_default(),
+            image,
+            state,
+            owner_pid: labels.get(LABEL_OWNER_PID).and_then(|p| p.parse().ok()),
+            owner_host: labels.get(LABEL_OWNER_HOST).cloned(),
+        }
+    }
+
     /// True when nothing can be using it any more: it has stopped, or the process that
     /// made it (on this host) is gone. A sandbox of a live owner, or of another host, is
     /// kept even while it is still being created.

@@ -377,7 +377,22 @@ impl Drop for AgentSession {
             if let Err(e) = lock_staging(&self.staging).sync_back() {
                 tracing::warn!(session = %self.id, "copying read-write exposures back: {e}");
             }
-            self.ops.remove_in_background();
+            let ops = self.ops.clone();
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => {
+                    handle.spawn(async move {
+                        if let Err(e) = ops.remove().await {
+                            tracing::warn!("removing dropped sandbox {}: {e}", ops.container_id());
+                        }
+                    });
+                }
+                // No runtime to remove it with: the container ends by itself once its
+                // supervisor is gone (the agent's orphan watchdog) and is auto-removed.
+                Err(_) => tracing::debug!(
+                    "no async runtime to remove {}; it ends by itself",
+                    ops.container_id()
+                ),
+            }
         }
     }
 }

@@ -135,21 +135,4 @@ impl ContainerOps for DockerContainer {
     async fn remove(&self) -> Result<()> {
         remove_container(&self.docker, &self.id).await
     }
-
-    fn remove_in_background(&self) {
-        let docker = self.docker.clone();
-        let id = self.id.clone();
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn(async move {
-                    if let Err(e) = remove_container(&docker, &id).await {
-                        tracing::warn!("removing dropped sandbox {id}: {e}");
-                    }
-                });
-            }
-            // No runtime: the container ends itself once its supervisor is gone
-            // (the agent's orphan watchdog) and is then auto-removed.
-            Err(_) => tracing::debug!("no async runtime to remove {id}; it will end by itself"),
-        }
-    }
 }

@@ -5,10 +5,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use biocage_core::limits::Capabilities;
-use biocage_core::spec::{LABEL_OWNER_HOST, LABEL_OWNER_PID};
 use biocage_core::{
     launch_session, BuildOptions, ContainerLauncher, ContainerOps, ContainerSpec, Error, Result,
-    SandboxConfig, SandboxRuntime, SandboxSummary, Session, LABEL_MANAGED, LABEL_SESSION,
+    SandboxConfig, SandboxRuntime, SandboxSummary, Session, LABEL_MANAGED,
 };
 use bollard::query_parameters::{CreateContainerOptions, ListContainersOptions};
 use bollard::Docker;
@@ -196,21 +195,13 @@ impl SandboxRuntime for DockerRuntime {
         Ok(list
             .into_iter()
             .map(|c| {
-                let labels = c.labels.unwrap_or_default();
-                SandboxSummary {
-                    container_id: c.id.unwrap_or_default(),
-                    name: c
-                        .names
-                        .and_then(|n| n.first().cloned())
-                        .unwrap_or_default()
-                        .trim_start_matches('/')
-                        .to_string(),
-                    session_id: labels.get(LABEL_SESSION).cloned().unwrap_or_default(),
-                    image: c.image.unwrap_or_default(),
-                    state: c.state.map(|s| s.to_string()).unwrap_or_default(),
-                    owner_pid: labels.get(LABEL_OWNER_PID).and_then(|p| p.parse().ok()),
-                    owner_host: labels.get(LABEL_OWNER_HOST).cloned(),
-                }
+                SandboxSummary::from_labels(
+                    c.id.unwrap_or_default(),
+                    c.names.and_then(|n| n.first().cloned()).unwrap_or_default(),
+                    c.image.unwrap_or_default(),
+                    c.state.map(|s| s.to_string()).unwrap_or_default(),
+                    &c.labels.unwrap_or_default(),
+                )
             })
             .collect())
     }

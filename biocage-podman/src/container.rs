@@ -126,21 +126,4 @@ impl ContainerOps for PodmanContainer {
     async fn remove(&self) -> Result<()> {
         remove_container(&self.podman, &self.id).await
     }
-
-    fn remove_in_background(&self) {
-        let podman = self.podman.clone();
-        let id = self.id.clone();
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn(async move {
-                    if let Err(e) = remove_container(&podman, &id).await {
-                        tracing::warn!("removing dropped sandbox {id}: {e}");
-                    }
-                });
-            }
-            // No runtime: the container ends itself once its supervisor is gone
-            // (the agent's orphan watchdog) and is then auto-removed.
-            Err(_) => tracing::debug!("no async runtime to remove {id}; it will end by itself"),
-        }
-    }
 }

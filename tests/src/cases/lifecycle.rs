@@ -64,19 +64,7 @@ pub async fn drop_cleans_up(rt: &dyn SandboxRuntime) {
     let s = session(rt).await;
     let id = s.info().await.unwrap().container_id;
     drop(s);
-    for _ in 0..100 {
-        if !rt
-            .list_sandboxes()
-            .await
-            .unwrap()
-            .iter()
-            .any(|l| l.container_id == id)
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("container {id} still there 20 s after its session was dropped");
+    wait_gone(rt, &id, "after its session was dropped").await;
 }
 
 /// restart() gives a fresh interpreter and kills what the old one left running.
