@@ -279,3 +279,58 @@ fn a_missing_image_exits_69_with_the_build_command(#[case] engine: &str) {
         .code(69)
         .stderr(predicates::str::contains("image build"));
 }
+
+#[rstest]
+#[case::docker("docker")]
+#[case::podman("podman")]
+fn repl_ctrl_c_interrupts_the_run_and_keeps_state(#[case] engine: &str) {
+    use std::io::Write;
+    use std::process::Stdio;
+    if !engine_under_test(engine) {
+        return;
+    }
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("biocage"))
+        .args(["--runtime", engine, "repl", "--allow-unenforced"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(b"x = 5\nimport time\ntime.sleep(60)\n")
+        .unwrap();
+    stdin.flush().unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    stdin.write_all(b"print(x + 1)\n").unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("KeyboardInterrupt"), "{stderr}");
+    assert_eq!(
+        stdout, "6\n",
+        "state survived the interrupt; stderr: {stderr}"
+    );
+}
+
+#[rstest]
+#[case::docker("docker")]
+fn auto_says_which_engine_it_picked(#[case] engine: &str) {
+    if !engine_under_test(engine) {
+        return;
+    }
+    let mut c = Command::cargo_bin("biocage").unwrap();
+    c.args(["--runtime", "auto", "-v", "ps"])
+        .assert()
+        .success()
+        .stderr(predicates::str::contains("picked docker"));
+}
