@@ -7,6 +7,8 @@
 //! Podman) only create containers and attach to processes in them, through
 //! [`ContainerOps`].
 
+#![deny(missing_docs)]
+
 pub mod agent;
 pub mod channel;
 pub mod config;

@@ -4,6 +4,8 @@
 //! version (Debian's Docker 20.10 speaks 1.41), honours `DOCKER_HOST`, creates hardened,
 //! labelled containers and attaches the agent's control channel with an exec.
 
+#![deny(missing_docs)]
+
 mod body;
 mod container;
 mod image;

@@ -6,6 +6,8 @@
 //! Where rootless Podman cannot apply cgroup limits (cgroup v1), memory and processes
 //! are bounded by rlimits set by the agent, and that is reported per limit.
 
+#![deny(missing_docs)]
+
 mod container;
 mod create;
 mod image;

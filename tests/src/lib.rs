@@ -5,5 +5,7 @@
 //! `docker,podman`). A listed engine that cannot be reached fails its tests; without
 //! the variable, engine tests skip with one loud line each.
 
+#![deny(missing_docs)]
+
 pub mod cases;
 pub mod harness;

@@ -63,6 +63,7 @@ conformance!(
     resources::output_floods_are_capped,
     resources::daemons_die_with_the_interpreter,
     lifecycle::cancelled_caller_leaves_nothing,
+    lifecycle::zombies_are_reaped,
     load::parallel_sessions_keep_results_apart,
 );
 

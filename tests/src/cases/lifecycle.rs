@@ -146,11 +146,35 @@ async fn wait_gone(rt: &dyn SandboxRuntime, id: &str, when: &str) {
 }
 
 /// The host process is killed mid-run: its sandbox is gone once the runtime next
-/// starts (and by itself shortly after, through the agent's orphan watchdog).
+/// starts, and, with nobody collecting, by itself through the agent's orphan watchdog.
 pub async fn killed_owner_leaves_nothing(rt: &dyn SandboxRuntime, helper: &str) {
+    let listed = |list: Vec<biocage_core::SandboxSummary>, id: &str| {
+        list.iter().any(|l| l.container_id == id)
+    };
+    let id = spawn_and_kill(helper, rt.name()).await;
+    assert!(
+        listed(rt.list_sandboxes().await.unwrap(), &id),
+        "the killed helper's sandbox exists until something collects it"
+    );
+    let restarted = crate::harness::connect(rt.name()).await.unwrap();
+    assert!(
+        !listed(restarted.list_sandboxes().await.unwrap(), &id),
+        "the runtime's next start removes the orphan"
+    );
+    let id = spawn_and_kill(helper, rt.name()).await;
+    wait_gone(
+        rt,
+        &id,
+        "after its owner was killed, with nobody collecting",
+    )
+    .await;
+}
+
+/// Starts the helper process, waits for its container id, kills it with SIGKILL.
+async fn spawn_and_kill(helper: &str, engine: &str) -> String {
     use std::io::BufRead;
     let mut child = std::process::Command::new(helper)
-        .arg(rt.name())
+        .arg(engine)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
         .spawn()
@@ -165,26 +189,30 @@ pub async fn killed_owner_leaves_nothing(rt: &dyn SandboxRuntime, helper: &str) 
     .await
     .unwrap()
     .expect("the helper reports its container");
-    let id = line.trim_start_matches("BIOCAGE-CONTAINER ").to_string();
     tokio::time::sleep(Duration::from_millis(500)).await;
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(
-        rt.list_sandboxes()
-            .await
-            .unwrap()
-            .iter()
-            .any(|l| l.container_id == id),
-        "the killed helper's sandbox exists until someone collects it"
+    line.trim_start_matches("BIOCAGE-CONTAINER ").to_string()
+}
+
+/// Orphaned processes are reaped: no zombie stays behind.
+pub async fn zombies_are_reaped(rt: &dyn SandboxRuntime) {
+    let s = session(rt).await;
+    let r = run(
+        s.as_ref(),
+        "import os, time\nfor _ in range(20):\n    if os.fork() == 0:\n        if os.fork() == 0:\n            os._exit(0)\n        os._exit(0)\n    else:\n        os.wait()\ntime.sleep(0.5)",
+    )
+    .await;
+    ok(&r);
+    let r = run(
+        s.as_ref(),
+        "import os\nz = [p for p in os.listdir('/proc') if p.isdigit() and open(f'/proc/{p}/stat').read().rsplit(')', 1)[1].split()[0] == 'Z']\nprint(len(z))",
+    )
+    .await;
+    assert_eq!(
+        ok(&r),
+        "0\n",
+        "orphaned grandchildren are reaped by the agent's init"
     );
-    let restarted = crate::harness::connect(rt.name()).await.unwrap();
-    assert!(
-        !restarted
-            .list_sandboxes()
-            .await
-            .unwrap()
-            .iter()
-            .any(|l| l.container_id == id),
-        "the runtime's next start removes the orphan"
-    );
+    s.close().await.unwrap();
 }
