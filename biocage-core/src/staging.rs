@@ -347,6 +347,38 @@ mod tests {
     }
 
     #[test]
+    fn as_root_staged_copies_belong_to_the_sandbox_user() {
+        if !is_root() {
+            eprintln!("SKIPPED: chown of staged copies needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let private = dir.path().join("p");
+        fs::create_dir(&private).unwrap();
+        fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).unwrap();
+        fs::write(private.join("f"), "x").unwrap();
+        let owner = HostOwner {
+            uid: 200999,
+            gid: 200999,
+        };
+        let staging = Staging::prepare(
+            &[exposure(&private, "/in", ExposureMode::ReadWrite)],
+            Some(owner),
+        )
+        .unwrap();
+        let staged = &staging.binds()[0].host;
+        for p in [staged.clone(), staged.join("f")] {
+            let m = fs::metadata(&p).unwrap();
+            assert_eq!((m.uid(), m.gid()), (200999, 200999), "{}", p.display());
+        }
+        assert_eq!(
+            fs::metadata(staged.join("f")).unwrap().mode() & 0o777,
+            0o600
+        );
+        assert!(!staging.needs_open_umask());
+    }
+
+    #[test]
     fn read_write_changes_are_mirrored_back_without_following_links() {
         let dir = tempfile::tempdir().unwrap();
         let host = dir.path().join("out");
