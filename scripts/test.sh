@@ -15,12 +15,15 @@ set +e
 cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
+# The conformance suite's own lines (tests/tests/conformance.rs), per backend.
+awk '/Running tests\/conformance.rs/ {on=1; next} /Running / {on=0} on' "$log" > "$log.conformance"
 echo "== conformance cases per backend"
 for engine in ${BIOCAGE_TEST_ENGINES//,/ }; do
-  passed=$(grep -cE "^test .*::case_[0-9]+_${engine} \.\.\. ok$" "$log" || true)
-  failed=$(grep -cE "^test .*::case_[0-9]+_${engine} \.\.\. FAILED$" "$log" || true)
+  passed=$(grep -cE "^test .*::case_[0-9]+_${engine} \.\.\. ok$" "$log.conformance" || true)
+  failed=$(grep -cE "^test .*::case_[0-9]+_${engine} \.\.\. FAILED$" "$log.conformance" || true)
   echo "$engine: $passed passed, $failed failed"
 done
+rm -f "$log.conformance"
 if [ -s "$report" ]; then
   echo "== capability-gated differences"
   sort -u "$report"

@@ -329,8 +329,50 @@ fn auto_says_which_engine_it_picked(#[case] engine: &str) {
         return;
     }
     let mut c = Command::cargo_bin("biocage").unwrap();
-    c.args(["--runtime", "auto", "-v", "ps"])
+    c.env_remove("BIOCAGE_LOG")
+        .args(["--runtime", "auto", "-v", "ps"])
         .assert()
         .success()
         .stderr(predicates::str::contains("picked docker"));
+}
+
+#[rstest]
+#[case::docker("docker")]
+fn image_build_offline_path(#[case] engine: &str) {
+    if !engine_under_test(engine) {
+        return;
+    }
+    let context = concat!(env!("CARGO_MANIFEST_DIR"), "/../python_docker");
+    biocage(engine)
+        .args([
+            "image",
+            "build",
+            "--offline",
+            "--tag",
+            "biocage-cli-offline:latest",
+            "--context",
+            context,
+        ])
+        .assert()
+        .success();
+    biocage(engine)
+        .args(RUN)
+        .args(["--image", "biocage-cli-offline:latest"])
+        .write_stdin("import numpy, pandas, matplotlib; print('ok')")
+        .assert()
+        .success()
+        .stdout("ok\n");
+    biocage(engine)
+        .args([
+            "image",
+            "build",
+            "--offline",
+            "--base",
+            "python:3.11-slim",
+            "--context",
+            context,
+        ])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("requirements.txt"));
 }

@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::size::parse_size;
 
+/// The sandbox user unless told otherwise (the image's `sandbox` user).
+pub const DEFAULT_USER: &str = "1000:1000";
+
 /// The image sessions use unless told otherwise.
 pub const DEFAULT_IMAGE: &str = "biocage:latest";
 
@@ -62,7 +65,9 @@ pub struct SandboxConfig {
     pub tmp_bytes: u64,
     /// Size of /dev/shm in bytes.
     pub shm_bytes: u64,
-    /// User (uid:gid) that runs the agent and user code; never root.
+    /// User (uid:gid) that runs the agent and user code; never root. On engines with a
+    /// user namespace (rootless), the default is replaced by a uid of the session's own,
+    /// so that per-uid kernel limits (RLIMIT_NPROC) never join two sessions.
     pub user: String,
     /// Extra environment variables for user code.
     pub env: BTreeMap<String, String>,
@@ -93,7 +98,7 @@ impl Default for SandboxConfig {
             workspace_bytes: 256 << 20,
             tmp_bytes: 128 << 20,
             shm_bytes: 64 << 20,
-            user: "1000:1000".to_string(),
+            user: DEFAULT_USER.to_string(),
             env: BTreeMap::new(),
             exposures: Vec::new(),
             capture_figures: true,

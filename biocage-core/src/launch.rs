@@ -1,6 +1,6 @@
 //! Making a session, the same way on every engine.
 
-use crate::config::SandboxConfig;
+use crate::config::{SandboxConfig, DEFAULT_USER};
 use crate::container::ContainerLauncher;
 use crate::error::{Error, Result};
 use crate::limits::{map_id, LimitPlan};
@@ -28,13 +28,18 @@ pub async fn launch_session(
             build_command: build_command.to_string(),
         });
     }
+    let mut config = config.clone();
+    if !caps.uid_map.is_empty() && config.user == DEFAULT_USER {
+        // Mapped to a subuid on the host, so no real user is hit; distinct per session.
+        let uid = 10_000 + uuid::Uuid::new_v4().as_u128() % 50_000;
+        config.user = format!("{uid}:{uid}");
+    }
     let owner = config.user.split_once(':').and_then(|(u, g)| {
         Some(HostOwner {
             uid: map_id(&caps.uid_map, u.parse().ok()?)?,
             gid: map_id(&caps.gid_map, g.parse().ok()?)?,
         })
     });
-    let config = config.clone();
     let staging = tokio::task::spawn_blocking({
         let exposures = config.exposures.clone();
         move || Staging::prepare(&exposures, owner)

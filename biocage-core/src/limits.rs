@@ -152,7 +152,7 @@ impl LimitPlan {
                 "pids",
                 pids,
                 Enforcement::Rlimit,
-                "RLIMIT_NPROC for the sandbox user (shared by this user's sandboxes on the engine)",
+                "RLIMIT_NPROC on a uid of the session's own",
             ));
             if !config.allow_unenforced_limits {
                 return Err(Error::UnenforceableLimit {

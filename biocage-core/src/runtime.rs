@@ -168,6 +168,8 @@ pub struct SessionInfo {
     pub limits: Vec<LimitStatus>,
     /// Python version in the sandbox.
     pub python_version: String,
+    /// uid:gid that runs the session's code.
+    pub user: String,
     /// Runs done so far.
     pub runs: u64,
 }

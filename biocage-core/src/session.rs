@@ -320,6 +320,7 @@ impl Session for AgentSession {
             temp_files: self.temp_files.load(Ordering::Relaxed) as usize,
             limits: self.plan.limits.clone(),
             python_version: self.conn.read().await.python.clone(),
+            user: self.config.user.clone(),
             runs: self.runs.load(Ordering::Relaxed),
         })
     }

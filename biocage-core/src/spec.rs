@@ -125,6 +125,10 @@ impl ContainerSpec {
         let mut env = vec![
             "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
             format!("HOME={}", config.workspace),
+            // The uid may have no passwd entry (a uid of the session's own): getpass and
+            // friends read these first.
+            "USER=sandbox".to_string(),
+            "LOGNAME=sandbox".to_string(),
             "MPLBACKEND=Agg".to_string(),
             "MPLCONFIGDIR=/tmp/.matplotlib".to_string(),
             "PYTHONDONTWRITEBYTECODE=1".to_string(),
@@ -207,8 +211,12 @@ impl ContainerSpec {
             network: config.network,
             ulimits: vec![
                 ("nofile".into(), 4096),
-                // The engine's own cap on processes of the sandbox user; the pids limit is tighter.
-                ("nproc".into(), i64::from(config.pids_limit.max(64)) * 4),
+                // Not the process limit (a cgroup, or the worker's own RLIMIT_NPROC, holds
+                // that): RLIMIT_NPROC counts every task of a uid on the host, and on rootless
+                // engines the exec'd runtime starts as the engine user's uid, whose own
+                // threads would then count against a tight value. 32768: rootless Podman's
+                // conmon holds that hard limit here, and no value above it can be set.
+                ("nproc".into(), 32768),
                 ("core".into(), 0),
             ],
         })

@@ -7,8 +7,19 @@ use biocage_core::{Capabilities, ExecutionResult, SandboxConfig, SandboxRuntime,
 /// The variable naming the engines that must be tested.
 pub const ENGINES_VAR: &str = "BIOCAGE_TEST_ENGINES";
 
+/// Logs of the library on the test's output, filtered by `BIOCAGE_LOG` (default: warnings).
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BIOCAGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
 /// Connects to `engine` (by name) whatever the variable says.
 pub async fn connect(engine: &str) -> biocage_core::Result<Box<dyn SandboxRuntime>> {
+    init_logs();
     match engine {
         "docker" => Ok(Box::new(biocage_docker::DockerRuntime::connect().await?)),
         "podman" => Ok(Box::new(biocage_podman::PodmanRuntime::connect().await?)),

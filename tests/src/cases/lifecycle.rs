@@ -31,7 +31,10 @@ except OSError as e:
 "#;
     let r = run(s.as_ref(), code).await;
     let out = ok(&r);
-    assert!(out.contains("uid 1000"), "{out}");
+    let info = s.info().await.unwrap();
+    let uid = info.user.split(':').next().unwrap();
+    assert!(out.contains(&format!("uid {uid}\n")), "{out}");
+    assert_ne!(uid, "0");
     assert!(out.contains("CapEff:\t0000000000000000"), "{out}");
     assert!(out.contains("NoNewPrivs:\t1"), "{out}");
     assert!(out.contains("root 30"), "read-only root gives EROFS: {out}");

@@ -26,6 +26,19 @@ pub async fn limits_are_reported(rt: &dyn SandboxRuntime) {
     assert_eq!(get("network").enforcement, Enforcement::Engine);
     if caps.cgroup_limits {
         assert_eq!(get("cpu").enforcement, Enforcement::Engine);
+        // No swap on top of memory: the cgroup's memory+swap limit equals the memory limit.
+        let r = run(
+            s.as_ref(),
+            "import os\nd = '/sys/fs/cgroup/memory/'\nm = open(d + 'memory.limit_in_bytes').read().strip()\nsw = open(d + 'memory.memsw.limit_in_bytes').read().strip() if os.path.exists(d + 'memory.memsw.limit_in_bytes') else 'no-swap-accounting'\nprint(m, sw)",
+        )
+        .await;
+        let out = ok(&r).trim().to_string();
+        let (mem, swap) = out.split_once(' ').unwrap();
+        assert_eq!(mem, (512u64 << 20).to_string(), "{out}");
+        assert!(
+            swap == mem || swap == "no-swap-accounting",
+            "swap allowed on top of memory: {out}"
+        );
     } else {
         crate::harness::note_capability(
             rt.name(),
@@ -97,6 +110,15 @@ pub async fn fork_bomb_is_bounded(rt: &dyn SandboxRuntime) {
     assert!(r.stdout.contains("fork failed after"), "{}", r.to_json());
     let n: u32 = r.stdout.split_whitespace().nth(3).unwrap().parse().unwrap();
     assert!(n < 64, "forked {n} processes with a limit of 64");
+    // The sandbox's processes are the host's too: after the cull only init, the
+    // supervisor and the interpreter are left.
+    let count = run(
+        s.as_ref(),
+        "import os\nprint(len([p for p in os.listdir('/proc') if p.isdigit()]))",
+    )
+    .await;
+    let left: u32 = ok(&count).trim().parse().unwrap();
+    assert!(left <= 3, "{left} processes left after the fork bomb");
     assert!(
         r.stderr.contains("process limit"),
         "the cull is reported: {}",

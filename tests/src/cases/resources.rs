@@ -238,8 +238,9 @@ if os.fork() == 0:
     os.setsid()
     if os.fork() == 0:
         while True:
-            with open('/tmp/heartbeat', 'w') as f:
+            with open('/tmp/heartbeat.new', 'w') as f:
                 f.write(str(time.time()))
+            os.replace('/tmp/heartbeat.new', '/tmp/heartbeat')
             time.sleep(0.1)
     os._exit(0)
 time.sleep(0.3)

@@ -146,7 +146,6 @@ if su:
         "CapPrm 0000000000000000",
         "CapBnd 0000000000000000",
         "NoNewPrivs 1",
-        "uid 1000 1000",
     ] {
         assert!(out.contains(want), "{want}: {out}");
     }
