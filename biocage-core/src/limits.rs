@@ -140,7 +140,7 @@ impl LimitPlan {
                 "memory",
                 memory,
                 Enforcement::Rlimit,
-                "RLIMIT_DATA on the interpreter and its children (allocation fails with MemoryError)",
+                "RLIMIT_DATA on each process of the sandbox, not on their sum (allocation fails with MemoryError)",
             ));
             limits.push(status(
                 "swap",
