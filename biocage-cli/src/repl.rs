@@ -151,6 +151,12 @@ async fn human_loop(session: &dyn Session, engine: &str) -> Result<(), CliError>
                 if let Some(v) = &r.value {
                     println!("{v}");
                 }
+                if !r.images.is_empty() {
+                    eprintln!(
+                        "biocage: {} figure(s) returned as PNG; `biocage --json repl` hands them over",
+                        r.images.len()
+                    );
+                }
                 if r.state_lost {
                     eprintln!("biocage: the interpreter was replaced; earlier state is gone");
                 }
