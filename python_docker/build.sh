@@ -4,6 +4,7 @@
 #   ./build.sh                 docker build from BASE_IMAGE (default python:3.11-slim),
 #                              packages from the package index
 #   ./build.sh --wheels        only download the wheels into wheels/ (python version of $TAG)
+#   ./build.sh --base          only make the Debian base image biocage-base:bookworm
 #   ./build.sh --offline       for machines without a container registry: the base image
 #                              is made from Debian packages (debootstrap) and the wheels
 #                              are downloaded on the host, then installed without an index
@@ -57,6 +58,11 @@ download_wheels() {
 }
 
 case "$mode" in
+  --base)
+    # Only make the Debian base (python3 and nothing else), if missing.
+    offline_base >/dev/null
+    exit 0
+    ;;
   --wheels)
     # Only fill wheels/ (for builds through the engine API on offline machines).
     download_wheels "$TAG"

@@ -8,6 +8,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 what=${1:-all}
 PODMAN_USER=${BIOCAGE_PODMAN_USER:-biocage}
 IMAGE=${BIOCAGE_IMAGE:-biocage:latest}
+BASE_IMAGE=biocage-base:bookworm
 LOGDIR=${BIOCAGE_LOGDIR:-/var/log/biocage}
 mkdir -p "$LOGDIR"
 
@@ -45,6 +46,8 @@ setup_docker() {
     log "building $IMAGE (offline path: Debian base + host wheels)"
     TAG=$IMAGE "$root/python_docker/build.sh" --offline
   fi
+  # A bare python3 image: the tests show that any image with python3 hosts a session.
+  docker image inspect "$BASE_IMAGE" >/dev/null 2>&1 || "$root/python_docker/build.sh" --base
   # Builds through the engine API (biocage image build) install from these wheels.
   if ! ls "$root"/python_docker/wheels/pip-*.whl >/dev/null 2>&1; then
     TAG=$IMAGE "$root/python_docker/build.sh" --wheels
@@ -101,13 +104,15 @@ CONF
       setsid podman system service --time=0 "unix://$sock" >"$LOGDIR/podman.log" 2>&1 < /dev/null &
     wait_for 30 as_podman_user podman --url "unix://$sock" version || { tail -20 "$LOGDIR/podman.log" >&2; log "podman service did not start"; exit 1; }
   fi
-  local want have_id
-  want=$(docker image inspect --format '{{.Id}}' "$IMAGE")
-  have_id=$(as_podman_user podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
-  if [ "sha256:$have_id" != "$want" ] && [ "$have_id" != "$want" ]; then
-    log "copying $IMAGE into $PODMAN_USER's Podman storage"
-    docker save "$IMAGE" | as_podman_user podman load >/dev/null
-  fi
+  local img want have_id
+  for img in "$IMAGE" "$BASE_IMAGE"; do
+    want=$(docker image inspect --format '{{.Id}}' "$img")
+    have_id=$(as_podman_user podman image inspect --format '{{.Id}}' "$img" 2>/dev/null || true)
+    if [ "sha256:$have_id" != "$want" ] && [ "$have_id" != "$want" ]; then
+      log "copying $img into $PODMAN_USER's Podman storage"
+      docker save "$img" | as_podman_user podman load >/dev/null
+    fi
+  done
 }
 
 case "$what" in

@@ -21,6 +21,7 @@ conformance!(
     state::seed_state_persistence,
     state::objects_persist,
     state::last_expression_value,
+    state::any_python_image_hosts_a_session,
     output::captures_every_writer,
     output::output_is_capped,
     output::protocol_lookalikes_are_plain_output,

@@ -84,3 +84,34 @@ pub async fn last_expression_value(rt: &dyn SandboxRuntime) {
     assert_eq!(r.value, None, "print returns None: no value");
     s.close().await.unwrap();
 }
+
+/// Any image with python3 hosts a session: here a bare Debian with python3 only (no
+/// packages, no `sandbox` user, no /workspace in the image).
+pub async fn any_python_image_hosts_a_session(rt: &dyn SandboxRuntime) {
+    let config = crate::harness::config_builder(rt)
+        .await
+        .image("biocage-base:bookworm")
+        .build()
+        .unwrap();
+    let s = rt.create_session(&config).await.unwrap();
+    ok(&run(
+        s.as_ref(),
+        "import sys, os\nv = sys.version_info\nopen('note.txt', 'w').write('w')",
+    )
+    .await);
+    let r = run(
+        s.as_ref(),
+        "print(v[0], os.getcwd(), open('note.txt').read(), os.getuid() != 0)",
+    )
+    .await;
+    assert_eq!(ok(&r), "3 /workspace w True\n");
+    let r = run(s.as_ref(), "import numpy").await;
+    assert_eq!(
+        r.error.as_ref().unwrap().name.as_deref(),
+        Some("ModuleNotFoundError")
+    );
+    let r = crate::harness::run_for(s.as_ref(), "import time\ntime.sleep(10)", 0.5).await;
+    assert_eq!(r.exit_code, 124);
+    assert_eq!(ok(&run(s.as_ref(), "print(v[0])").await), "3\n");
+    s.close().await.unwrap();
+}
