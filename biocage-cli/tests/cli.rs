@@ -29,6 +29,25 @@ fn biocage(engine: &str) -> Command {
 /// no cpu limit, so sessions there must allow that explicitly).
 const RUN: [&str; 2] = ["run", "--allow-unenforced"];
 
+/// The python_docker build context.
+const CONTEXT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../python_docker");
+
+/// Builds `tag` with `extra` build flags, then checks a sandbox of it imports the packages.
+fn build_and_use(engine: &str, tag: &str, extra: &[&str]) {
+    biocage(engine)
+        .args(["image", "build", "--tag", tag, "--context", CONTEXT])
+        .args(extra)
+        .assert()
+        .success();
+    biocage(engine)
+        .args(RUN)
+        .args(["--image", tag])
+        .write_stdin("import numpy, pandas, matplotlib; print('ok')")
+        .assert()
+        .success()
+        .stdout("ok\n");
+}
+
 fn json_line(out: &[u8]) -> Value {
     let text = String::from_utf8_lossy(out);
     serde_json::from_str(text.trim())
@@ -192,29 +211,13 @@ fn image_build_through_the_engine_api(#[case] engine: &str) {
     if !engine_under_test(engine) {
         return;
     }
-    let context = concat!(env!("CARGO_MANIFEST_DIR"), "/../python_docker");
     // Built on top of the sandbox image: the packages are there already, so no index
     // is needed; this exercises the build path end to end.
-    biocage(engine)
-        .args([
-            "image",
-            "build",
-            "--base",
-            "biocage:latest",
-            "--tag",
-            "biocage-cli-test:latest",
-            "--context",
-            context,
-        ])
-        .assert()
-        .success();
-    biocage(engine)
-        .args(RUN)
-        .args(["--image", "biocage-cli-test:latest"])
-        .write_stdin("import pandas; print('ok')")
-        .assert()
-        .success()
-        .stdout("ok\n");
+    build_and_use(
+        engine,
+        "biocage-cli-test:latest",
+        &["--base", "biocage:latest"],
+    );
 }
 
 #[test]
@@ -342,26 +345,7 @@ fn image_build_offline_path(#[case] engine: &str) {
     if !engine_under_test(engine) {
         return;
     }
-    let context = concat!(env!("CARGO_MANIFEST_DIR"), "/../python_docker");
-    biocage(engine)
-        .args([
-            "image",
-            "build",
-            "--offline",
-            "--tag",
-            "biocage-cli-offline:latest",
-            "--context",
-            context,
-        ])
-        .assert()
-        .success();
-    biocage(engine)
-        .args(RUN)
-        .args(["--image", "biocage-cli-offline:latest"])
-        .write_stdin("import numpy, pandas, matplotlib; print('ok')")
-        .assert()
-        .success()
-        .stdout("ok\n");
+    build_and_use(engine, "biocage-cli-offline:latest", &["--offline"]);
     biocage(engine)
         .args([
             "image",
@@ -370,7 +354,7 @@ fn image_build_offline_path(#[case] engine: &str) {
             "--base",
             "python:3.11-slim",
             "--context",
-            context,
+            CONTEXT,
         ])
         .assert()
         .code(2)

@@ -149,6 +149,9 @@ impl AgentSession {
 
     /// Mirrors read-write exposures back to the host; returns a note for stderr on failure.
     async fn sync_back(&self) -> Option<String> {
+        if !lock_staging(&self.staging).mirrors_anything() {
+            return None;
+        }
         let staging = self.staging.clone();
         let outcome = tokio::task::spawn_blocking(move || lock_staging(&staging).sync_back()).await;
         match outcome {

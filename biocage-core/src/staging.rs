@@ -145,6 +145,11 @@ impl Staging {
         Ok(staging)
     }
 
+    /// Whether any read-write folder is mirrored (else [`Staging::sync_back`] has nothing to do).
+    pub fn mirrors_anything(&self) -> bool {
+        !self.mirrors.is_empty()
+    }
+
     /// What the container must bind.
     pub fn binds(&self) -> &[BindMount] {
         &self.binds
