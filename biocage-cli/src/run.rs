@@ -19,6 +19,9 @@ fn read_code(file: Option<&PathBuf>) -> Result<String, CliError> {
             ))
         }),
         _ => {
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                eprintln!("biocage: reading Python code from standard input; end it with Ctrl-D");
+            }
             let mut code = String::new();
             std::io::stdin()
                 .read_to_string(&mut code)
