@@ -22,6 +22,7 @@ import json
 import os
 import select
 import signal
+import stat
 import sys
 import time
 
@@ -61,7 +62,11 @@ def _forbid_namespaces():
     namespaces = 0x7E020000  # CLONE_NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET
     ld, jeq, jset, ret = 0x20, 0x15, 0x45, 0x06
     # Instructions with symbolic jump targets, resolved below.
-    code = [(ld, None, None, 4), (jeq, 0, "allow", arch), (ld, None, None, 0)]
+    jge = 0x35
+    # Another ABI (i386 via int 0x80, arm32) or x32 numbers would dodge the checks below:
+    # refused outright.
+    code = [(ld, None, None, 4), (jeq, 0, "eperm", arch), (ld, None, None, 0),
+            (jge, "eperm", 0, 0x40000000)]
     for nr in (nr_unshare,) + tuple(denied):
         code.append((jeq, "eperm", 0, nr))
     code += [
@@ -149,7 +154,12 @@ def _supervisor_alive(mark):
             continue
         try:
             with open("/proc/%s/cmdline" % name, "rb") as f:
-                if mark in f.read():
+                if mark not in f.read():
+                    continue
+            # Only the engine's exec has no parent in the container: sandbox code can copy
+            # the mark into its own argv, not this.
+            with open("/proc/%s/status" % name) as f:
+                if any(line.split() == ["PPid:", "0"] for line in f):
                     return True
         except OSError:
             continue
@@ -201,6 +211,10 @@ class Worker:
         self.cell = 0
         self.stdout = sys.stdout
         self.stderr = sys.stderr
+        self.executing = False
+        self.forked = False
+        signal.signal(signal.SIGINT, self.on_sigint)
+        os.register_at_fork(after_in_child=self.after_fork_in_child)
 
     def restore_stdio(self):
         """Puts fds 0-2 and sys.std* back, whatever the previous run did to them (with
@@ -222,10 +236,34 @@ class Worker:
                 line, buf = buf.split(b"\n", 1)
                 self.handle(json.loads(line))
 
+    def on_sigint(self, signum, frame):
+        """An interrupt is for user code only: one landing after the code ended (a late
+        timeout) must not kill the interpreter and its state."""
+        if self.executing:
+            raise KeyboardInterrupt
+
+    def after_fork_in_child(self):
+        """A plain fork of the interpreter by user code is not the worker: it must not
+        read commands or send results, nor keep the result pipe open."""
+        self.forked = True
+        for fd in (self.cmd.fileno(), self.res_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
     def handle(self, req):
         self.restore_stdio()
         self.cell += 1
-        reply = self.execute(req["code"], req.get("filename") or "<cell-%d>" % self.cell)
+        self.executing = True
+        try:
+            reply = self.execute(req["code"], req.get("filename") or "<cell-%d>" % self.cell)
+        finally:
+            self.executing = False
+        if self.forked:
+            # A child forked by the cell ran to its end without exiting: end it quietly.
+            self._flush_all()
+            os._exit(0)
         reply["id"] = req["id"]
         try:
             reply["culled"] = _cull_if_near_limit(self.config.get("pids_limit"))
@@ -390,7 +428,7 @@ def _worker_main(fds, config):
             # Staged read-write exposures the host could not give to this user: what
             # the sandbox creates there must stay removable by the host user.
             os.umask(int(config["umask"]))
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # until Worker installs its handler
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
         for name in ("SIGCHLD", "SIGTERM"):
             signal.signal(getattr(signal, name), signal.SIG_DFL)
@@ -843,7 +881,12 @@ def _open_nofollow(path, flags, mode=0o644):
                 nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dirfd)
             os.close(dirfd)
             dirfd = nxt
-        return os.open(parts[-1], flags | os.O_NOFOLLOW, mode, dir_fd=dirfd)
+        fd = os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_NONBLOCK, mode, dir_fd=dirfd)
+        if not stat.S_ISREG(os.fstat(fd).st_mode) and not flags & os.O_DIRECTORY:
+            os.close(fd)
+            raise OSError(errno.EINVAL, "not a regular file (FIFOs, devices and sockets are refused)")
+        os.set_blocking(fd, True)
+        return fd
     finally:
         os.close(dirfd)
 
@@ -903,7 +946,7 @@ def file_op(op, req, config):
         if exc.errno in (errno.ELOOP, errno.ENOTDIR) and _has_link(path):
             msg = "%s: refusing to follow a symbolic link" % path
         else:
-            msg = "%s: %s" % (path, os.strerror(exc.errno or 0))
+            msg = "%s: %s" % (path, exc.strerror or os.strerror(exc.errno or 0))
         return {"id": rid, "op": "error", "message": msg}
     return {"id": rid, "op": "error", "message": "unknown op %r" % op}
 

@@ -159,7 +159,17 @@ impl AgentSession {
                 if !report.skipped.is_empty() {
                     tracing::info!(session = %self.id, "not copied back (links or special files): {:?}", report.skipped);
                 }
-                None
+                (!report.failed.is_empty()).then(|| {
+                    let list: Vec<String> = report
+                        .failed
+                        .iter()
+                        .map(|(p, e)| format!("{}: {e}", p.display()))
+                        .collect();
+                    format!(
+                        "[biocage] not copied back to the host yet (tried again after the next run): {}\n",
+                        list.join("; ")
+                    )
+                })
             }
             Ok(Err(e)) => Some(format!(
                 "[biocage] copying read-write exposures back to the host failed: {e}\n"

@@ -65,6 +65,8 @@ pub struct SyncReport {
     pub removed: usize,
     /// Entries not mirrored (symbolic links, special files), as relative paths.
     pub skipped: Vec<PathBuf>,
+    /// Entries that could not be mirrored, with the reason (tried again next time).
+    pub failed: Vec<(PathBuf, String)>,
 }
 
 /// The staged exposures of one session.
@@ -176,11 +178,13 @@ impl Staging {
                 .map_err(io_err("protecting the staging folder".into()))?;
             self.dir = Some(dir);
         }
-        Ok(self
+        // Canonical: open_below compares it with the paths the kernel reports.
+        let path = self
             .dir
             .as_ref()
             .map(|d| d.path().to_path_buf())
-            .unwrap_or_default())
+            .unwrap_or_default();
+        fs::canonicalize(&path).map_err(io_err("resolving the staging folder".into()))
     }
 
     fn give(&self, path: &Path, dir: bool, writable: bool) -> Result<()> {
@@ -225,30 +229,37 @@ impl Staging {
     }
 
     /// Mirrors what sandbox code changed in read-write exposures back to the host:
-    /// new and changed files copied, removed ones removed. Never follows links.
+    /// new and changed files copied (permission bits only: no setuid, no setgid),
+    /// removed ones removed. Never follows a link, never blocks on a FIFO, never reads
+    /// past the size it saw; an entry that fails is reported and tried again next time.
     pub fn sync_back(&mut self) -> Result<SyncReport> {
         let mut report = SyncReport::default();
         for m in &mut self.mirrors {
             let (files, dirs) = scan_reporting(&m.staged, &mut report.skipped)?;
             for d in &dirs {
                 let target = m.host.join(d);
-                if fs::symlink_metadata(&target).is_err() {
-                    fs::create_dir_all(&target)
-                        .map_err(io_err(format!("creating {}", target.display())))?;
+                let made = match fs::symlink_metadata(&target) {
+                    Ok(meta) if meta.is_dir() => Ok(()),
+                    Ok(_) => remove_any(&target).and_then(|()| fs::create_dir_all(&target)),
+                    Err(_) => fs::create_dir_all(&target),
+                };
+                if let Err(e) = made {
+                    report.failed.push((d.clone(), e.to_string()));
                 }
             }
+            let mut mirrored = BTreeMap::new();
             for (rel, stamp) in &files {
                 if m.files.get(rel) == Some(stamp) {
+                    mirrored.insert(rel.clone(), *stamp);
                     continue;
                 }
-                let target = m.host.join(rel);
-                if fs::symlink_metadata(&target).is_ok_and(|t| !t.is_file()) {
-                    remove_any(&target)
-                        .map_err(io_err(format!("replacing {}", target.display())))?;
+                match copy_back(&m.staged, rel, stamp, &m.host.join(rel)) {
+                    Ok(()) => {
+                        report.copied += 1;
+                        mirrored.insert(rel.clone(), *stamp);
+                    }
+                    Err(e) => report.failed.push((rel.clone(), e.to_string())),
                 }
-                fs::copy(m.staged.join(rel), &target)
-                    .map_err(io_err(format!("copying back {}", target.display())))?;
-                report.copied += 1;
             }
             for rel in m.files.keys().filter(|k| !files.contains_key(*k)) {
                 let target = m.host.join(rel);
@@ -262,11 +273,55 @@ impl Staging {
                     report.removed += 1;
                 }
             }
-            m.files = files;
+            m.files = mirrored;
             m.dirs = dirs;
         }
         Ok(report)
     }
+}
+
+/// Opens `root/rel` without following a link anywhere below `root`: the last component
+/// with O_NOFOLLOW, and the path the kernel really opened must be `root/rel` (a folder
+/// swapped for a link on the way shows up elsewhere). Non-blocking, so that a FIFO
+/// cannot stall the host; only a regular file (or a folder, with `dir`) is accepted.
+fn open_below(root: &Path, rel: &Path, dir: bool) -> io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    let path = root.join(rel);
+    let mut flags = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+    if dir {
+        flags |= libc::O_DIRECTORY;
+    }
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(&path)?;
+    let real = fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
+    if real != path {
+        return Err(io::Error::other(format!(
+            "{} was moved while it was read",
+            path.display()
+        )));
+    }
+    let meta = file.metadata()?;
+    if (dir && !meta.is_dir()) || (!dir && !meta.is_file()) {
+        return Err(io::Error::other("not a regular file or folder"));
+    }
+    Ok(file)
+}
+
+/// Copies one staged file to `target` on the host, at most the size it was seen with,
+/// keeping only its permission bits.
+fn copy_back(root: &Path, rel: &Path, stamp: &Stamp, target: &Path) -> io::Result<()> {
+    use std::io::Read;
+    let src = open_below(root, rel, false)?;
+    let mode = src.metadata()?.mode() & 0o777;
+    if fs::symlink_metadata(target).is_ok_and(|t| !t.is_file()) {
+        remove_any(target)?;
+    }
+    let mut dst = fs::File::create(target)?;
+    io::copy(&mut src.take(stamp.len), &mut dst)?;
+    fs::set_permissions(target, fs::Permissions::from_mode(mode))
 }
 
 fn is_root() -> bool {
@@ -291,22 +346,36 @@ fn scan(root: &Path) -> Result<Scan> {
 /// Regular files (with stamps) and folders below `root`, as relative paths, folders in
 /// pre-order; symbolic links and special files are listed in `skipped`, not followed.
 fn scan_reporting(root: &Path, skipped: &mut Vec<PathBuf>) -> Result<Scan> {
+    use std::os::unix::io::AsRawFd;
     let mut files = BTreeMap::new();
     let mut dirs = Vec::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
-        let dir = root.join(&rel);
-        let entries = fs::read_dir(&dir).map_err(io_err(format!("listing {}", dir.display())))?;
+        let dir = match open_below(root, &rel, true) {
+            Ok(d) => d,
+            Err(_) if !rel.as_os_str().is_empty() => {
+                skipped.push(rel);
+                continue;
+            }
+            Err(e) => return Err(Error::io(format!("listing {}", root.display()), e)),
+        };
+        // Listed through the open descriptor: what was verified is what is read.
+        let listing = format!("/proc/self/fd/{}", dir.as_raw_fd());
+        let entries = fs::read_dir(&listing)
+            .map_err(io_err(format!("listing {}", root.join(&rel).display())))?;
         for entry in entries.flatten() {
             let child = rel.join(entry.file_name());
-            match entry.metadata() {
-                Ok(m) if m.is_dir() => {
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => {
                     dirs.push(child.clone());
                     stack.push(child);
                 }
-                Ok(m) if m.is_file() => {
-                    files.insert(child, Stamp::of(&m));
-                }
+                Ok(t) if t.is_file() => match entry.metadata() {
+                    Ok(m) => {
+                        files.insert(child, Stamp::of(&m));
+                    }
+                    Err(_) => skipped.push(child),
+                },
                 _ => skipped.push(child),
             }
         }
@@ -381,6 +450,37 @@ mod tests {
             0o600
         );
         assert!(!staging.needs_open_umask());
+    }
+
+    #[test]
+    fn hostile_entries_are_not_carried_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = dir.path().join("out");
+        fs::create_dir(&host).unwrap();
+        fs::write(host.join("res"), "was a file").unwrap();
+        let mut staging =
+            Staging::prepare(&[exposure(&host, "/out", ExposureMode::ReadWrite)], None).unwrap();
+        let staged = staging.binds()[0].host.clone();
+        // A setuid file, a file turned into a folder, a FIFO, a folder that is a link.
+        fs::write(staged.join("tool"), "#!/bin/sh").unwrap();
+        fs::set_permissions(staged.join("tool"), fs::Permissions::from_mode(0o6755)).unwrap();
+        fs::remove_file(staged.join("res")).unwrap();
+        fs::create_dir(staged.join("res")).unwrap();
+        fs::write(staged.join("res/a.csv"), "a").unwrap();
+        let fifo = std::ffi::CString::new(staged.join("pipe").to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        std::os::unix::fs::symlink("/etc", staged.join("etc")).unwrap();
+        let report = staging.sync_back().unwrap();
+        assert!(report.failed.is_empty(), "{report:?}");
+        assert_eq!(
+            fs::metadata(host.join("tool")).unwrap().mode() & 0o7777,
+            0o755,
+            "no setuid on the host"
+        );
+        assert_eq!(fs::read_to_string(host.join("res/a.csv")).unwrap(), "a");
+        assert!(fs::symlink_metadata(host.join("pipe")).is_err());
+        assert!(fs::symlink_metadata(host.join("etc")).is_err());
+        assert!(!host.join("etc/passwd").exists());
     }
 
     #[test]

@@ -37,6 +37,7 @@ conformance!(
     crashes::worker_death_is_survived,
     crashes::supervisor_killed_is_survived,
     crashes::stdio_sabotage_is_repaired,
+    crashes::forked_interpreters_do_not_take_over,
     limits::limits_are_reported,
     limits::unenforceable_limit_refuses_to_start,
     limits::memory_bomb_is_oom,

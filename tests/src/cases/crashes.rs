@@ -86,3 +86,39 @@ pub async fn stdio_sabotage_is_repaired(rt: &dyn SandboxRuntime) {
     assert_eq!(ok(&run(s.as_ref(), "print('back', y)").await), "back 2\n");
     s.close().await.unwrap();
 }
+
+/// Forks of the interpreter made by user code never take over the session: a child that
+/// runs to the end of its cell ends there, and a pool's children do not hide the
+/// interpreter's death.
+pub async fn forked_interpreters_do_not_take_over(rt: &dyn SandboxRuntime) {
+    let s = session(rt).await;
+    let r = run(
+        s.as_ref(),
+        "import os\npid = os.fork()\nwho = 'child' if pid == 0 else 'parent'\nif pid:\n    os.waitpid(pid, 0)\n    print(who)",
+    )
+    .await;
+    assert_eq!(
+        ok(&r),
+        "parent\n",
+        "only the interpreter's own output: {}",
+        r.to_json()
+    );
+    for _ in 0..5 {
+        let r = run(s.as_ref(), "print(who)").await;
+        assert_eq!(ok(&r), "parent\n", "a forked child answered a run");
+    }
+    let t = std::time::Instant::now();
+    let r = run(
+        s.as_ref(),
+        "import multiprocessing as mp\np = mp.get_context('fork').Pool(2)\nprint(p.map(abs, [-1, -2]))\nimport sys\nsys.exit(3)",
+    )
+    .await;
+    assert_eq!(r.error_kind(), Some(ErrorKind::Crashed), "{}", r.to_json());
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(10),
+        "death noticed at once: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(ok(&run(s.as_ref(), "print(1)").await), "1\n");
+    s.close().await.unwrap();
+}

@@ -241,6 +241,29 @@ pub async fn transfers_refuse_attacks(rt: &dyn SandboxRuntime) {
             "{path}: {err}"
         );
     }
+    // A FIFO planted by sandbox code cannot stall a transfer.
+    ok(&run(s.as_ref(), "import os\nos.mkfifo('/workspace/fifo')").await);
+    let t = std::time::Instant::now();
+    let err = s
+        .read_file("/workspace/fifo")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("regular file"), "{err}");
+    let err = s
+        .write_file("/workspace/fifo", b"x")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("regular file") || err.contains("No such device"),
+        "{err}"
+    );
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        t.elapsed()
+    );
     let err = s.read_file("/tmp/big").await.unwrap_err().to_string();
     assert!(err.contains("cap"), "{err}");
     let err = s

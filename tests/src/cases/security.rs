@@ -133,6 +133,18 @@ attr[4] = 128
 sys('perf_event_open', 298, attr, 0, -1, -1, 0)
 sys('ptrace_attach_supervisor', 101, 16, os.getppid(), None, None)
 sys('setuid0', 105, 0)
+# The i386 ABI (int 0x80) from a 64-bit process: unshare(CLONE_NEWUSER) must not get past.
+i386 = r"""
+import ctypes, mmap
+code = bytes.fromhex('b836010000' 'bb00000010' 'cd80' 'c3')
+buf = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+buf.write(code)
+addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+print(ctypes.CFUNCTYPE(ctypes.c_int)(addr)())
+"""
+if os.uname().machine == 'x86_64':
+    r = subprocess.run(['python3', '-c', i386], capture_output=True, text=True)
+    print('i386_unshare', r.stdout.strip() or 'signal %d' % -r.returncode)
 su = [p for p in ('/usr/bin/su', '/bin/su') if os.path.exists(p)]
 if su:
     st = os.stat(su[0])
@@ -167,6 +179,13 @@ if su:
                 .iter()
                 .any(|e| line.ends_with(e)),
             "{call} refused for lack of privilege: {line}"
+        );
+    }
+    if let Some(line) = out.lines().find(|l| l.starts_with("i386_unshare ")) {
+        // -1 is -EPERM; a signal means the kernel has no 32-bit emulation: refused either way.
+        assert!(
+            line == "i386_unshare -1" || line.starts_with("i386_unshare signal"),
+            "{line}"
         );
     }
     if let Some(line) = out.lines().find(|l| l.starts_with("su ")) {
