@@ -2,6 +2,7 @@
 //! and exit code. Usage errors need no engine and always run.
 
 use assert_cmd::Command;
+use biocage_conformance::harness::skip_loudly;
 use rstest::rstest;
 use serde_json::Value;
 
@@ -9,11 +10,13 @@ fn engine_under_test(engine: &str) -> bool {
     match std::env::var("BIOCAGE_TEST_ENGINES") {
         Ok(v) if v.split(',').any(|e| e.trim() == engine) => true,
         Ok(v) => {
-            eprintln!("SKIPPED ({engine}): not listed in BIOCAGE_TEST_ENGINES={v}");
+            skip_loudly(&format!(
+                "SKIPPED: {engine} CLI tests do not run; it is not listed in BIOCAGE_TEST_ENGINES={v}"
+            ));
             false
         }
         Err(_) => {
-            eprintln!("SKIPPED ({engine}): set BIOCAGE_TEST_ENGINES=docker,podman to run the CLI engine tests");
+            skip_loudly("SKIPPED: CLI engine tests do not run; set BIOCAGE_TEST_ENGINES=docker,podman (scripts/test.sh does)");
             false
         }
     }

@@ -7,6 +7,18 @@ use biocage_core::{Capabilities, ExecutionResult, SandboxConfig, SandboxRuntime,
 /// The variable naming the engines that must be tested.
 pub const ENGINES_VAR: &str = "BIOCAGE_TEST_ENGINES";
 
+/// Says once per test process, past the test harness's output capture, that engine
+/// tests were skipped.
+pub fn skip_loudly(line: &str) {
+    use std::io::Write;
+    static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());
+    if !said.iter().any(|l| l == line) {
+        said.push(line.to_string());
+        let _ = writeln!(std::io::stderr(), "{line}");
+    }
+}
+
 /// Logs of the library on the test's output, filtered by `BIOCAGE_LOG` (default: warnings).
 fn init_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("BIOCAGE_LOG")
@@ -33,14 +45,16 @@ pub async fn runtime(engine: &str) -> Option<Box<dyn SandboxRuntime>> {
     let wanted = match std::env::var(ENGINES_VAR) {
         Ok(v) => v,
         Err(_) => {
-            eprintln!(
-                "SKIPPED ({engine}): set {ENGINES_VAR}=docker,podman to run the engine tests"
-            );
+            skip_loudly(&format!(
+                "SKIPPED: engine tests do not run; set {ENGINES_VAR}=docker,podman (scripts/test.sh does)"
+            ));
             return None;
         }
     };
     if !wanted.split(',').any(|e| e.trim() == engine) {
-        eprintln!("SKIPPED ({engine}): not listed in {ENGINES_VAR}={wanted}");
+        skip_loudly(&format!(
+            "SKIPPED: {engine} tests do not run; it is not listed in {ENGINES_VAR}={wanted}"
+        ));
         return None;
     }
     match connect(engine).await {
