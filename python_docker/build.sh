@@ -15,6 +15,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 TAG=${TAG:-biocage:latest}
 ENGINE=${ENGINE:-docker}
+# ENGINE may carry arguments, e.g. "podman --remote --url unix:///run/user/1001/podman/podman.sock".
+read -ra ENGINE_CMD <<<"$ENGINE"
 mode=${1:-online}
 if [ "$mode" = --recipe-hash ]; then
   cat "$here/Dockerfile" "$here/requirements.txt" "$here/run_stdin.py" | sha256sum | cut -c1-16
@@ -28,13 +30,13 @@ debian_mirror() {
   # The mirror this machine's apt already uses.
   local m
   m=$(grep -hsE '^(URIs:|deb )' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null \
-      | grep -v security | head -n1 | awk '{print ($1=="deb") ? $2 : $2}')
+      | grep -v security | head -n1 | sed -E 's/^deb +(\[[^]]*\] +)?//; s/^URIs: *//' | awk '{print $1}')
   echo "${m:-http://deb.debian.org/debian}"
 }
 
 offline_base() {
   local base=biocage-base:bookworm
-  if "$ENGINE" image inspect "$base" >/dev/null 2>&1; then echo "$base"; return; fi
+  if "${ENGINE_CMD[@]}" image inspect "$base" >/dev/null 2>&1; then echo "$base"; return; fi
   command -v debootstrap >/dev/null || { log "debootstrap is missing: apt-get install -y debootstrap"; exit 1; }
   local dir
   dir=$(mktemp -d /tmp/biocage-rootfs.XXXXXX)
@@ -42,14 +44,14 @@ offline_base() {
   debootstrap --variant=minbase --include=python3 "${DEBIAN_SUITE:-bookworm}" "$dir" "$(debian_mirror)" >&2
   rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/*
   chmod 0755 "$dir"  # mktemp made it 0700: as the image's root, non-root users could not enter it
-  tar -C "$dir" -c . | "$ENGINE" import - "$base" >&2
+  tar -C "$dir" -c . | "${ENGINE_CMD[@]}" import - "$base" >&2
   rm -rf "$dir"
   echo "$base"
 }
 
 download_wheels() {
   local py
-  py=$("$ENGINE" run --rm "$1" python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+  py=$("${ENGINE_CMD[@]}" run --rm "$1" python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
   log "downloading wheels for python $py into $here/wheels"
   python3 -m pip download --quiet --only-binary=:all: --python-version "$py" \
     --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
@@ -82,4 +84,4 @@ recipe=$(cat "$here/Dockerfile" "$here/requirements.txt" "$here/run_stdin.py" | 
 args=(build -t "$TAG" --label "org.biocage.recipe=$recipe")
 [ -n "${BASE_IMAGE:-}" ] && args+=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
 log "$ENGINE ${args[*]} $here"
-"$ENGINE" "${args[@]}" "$here"
+"${ENGINE_CMD[@]}" "${args[@]}" "$here"

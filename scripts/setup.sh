@@ -18,7 +18,9 @@ have() { command -v "$1" >/dev/null 2>&1; }
 apt_updated=0
 apt_install() {
   local missing=()
-  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+  done
   [ ${#missing[@]} -eq 0 ] && return 0
   if [ $apt_updated -eq 0 ]; then apt-get update -qq; apt_updated=1; fi
   log "installing ${missing[*]}"
@@ -42,7 +44,9 @@ setup_docker() {
   local want have
   want=$("$root/python_docker/build.sh" --recipe-hash)
   have=$(docker image inspect --format '{{ index .Config.Labels "org.biocage.recipe" }}' "$IMAGE" 2>/dev/null || true)
-  if [ "$want" != "$have" ]; then
+  # Rebuilt when missing or made from an older recipe; an image built otherwise (no
+  # recipe label, e.g. with `biocage image build`) is the user's and is kept.
+  if ! docker image inspect "$IMAGE" >/dev/null 2>&1 || { [ -n "$have" ] && [ "$want" != "$have" ]; }; then
     log "building $IMAGE (offline path: Debian base + host wheels)"
     TAG=$IMAGE "$root/python_docker/build.sh" --offline
   fi

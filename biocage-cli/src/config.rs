@@ -1,7 +1,5 @@
 //! From command-line session options to a checked [`SandboxConfig`].
 
-use std::time::Duration;
-
 use biocage_core::SandboxConfig;
 
 use crate::args::SessionOpts;
@@ -14,7 +12,8 @@ fn split_pair<'a>(
     form: &str,
 ) -> Result<(&'a str, &'a str), CliError> {
     match text.split_once(sep) {
-        Some((a, b)) if !a.is_empty() && !b.is_empty() => Ok((a, b)),
+        // An environment variable may be set to the empty string; nothing else may be empty.
+        Some((a, b)) if !a.is_empty() && (!b.is_empty() || sep == '=') => Ok((a, b)),
         _ => Err(CliError::usage(format!(
             "{flag} {text:?} is not {form}; for example {flag} {}",
             if sep == ':' {
@@ -28,19 +27,14 @@ fn split_pair<'a>(
 
 /// The sandbox configuration the options ask for.
 pub fn build(opts: &SessionOpts) -> Result<SandboxConfig, CliError> {
-    if !(opts.timeout.is_finite() && opts.timeout > 0.0) {
-        return Err(CliError::usage(format!(
-            "--timeout {} must be a number of seconds above 0, e.g. --timeout 30",
-            opts.timeout
-        )));
-    }
+    let timeout = biocage_core::config::timeout_from_secs(opts.timeout)?;
     let mut b = SandboxConfig::builder()
         .image(&opts.image)
         .memory(&opts.memory)
         .cpus(opts.cpus)
         .pids_limit(opts.pids)
         .network(opts.network)
-        .timeout(Duration::from_secs_f64(opts.timeout))
+        .timeout(timeout)
         .allow_unenforced_limits(opts.allow_unenforced);
     for e in &opts.expose {
         let (host, target) = split_pair("--expose", e, ':', "HOST:CONTAINER")?;

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use biocage_core::BuildOptions;
 
-use crate::args::{Cli, RuntimeChoice};
+use crate::args::Cli;
 use crate::exit::{CliError, OK, UNAVAILABLE};
 use crate::{engine, progress};
 
@@ -21,10 +21,10 @@ pub async fn build(
     opts.base_image = base.map(str::to_string);
     opts.requirements = requirements.map(Path::to_path_buf);
     opts.validate()?;
-    if offline {
-        return build_offline(cli, &opts);
-    }
     let rt = engine::connect(cli.runtime).await?;
+    if offline {
+        return build_offline(&opts, rt.name());
+    }
     let bar = progress::spinner(cli, &format!("building {tag} on {}", rt.name()));
     let verbose = cli.verbose > 0;
     let shown = bar.clone();
@@ -44,22 +44,18 @@ pub async fn build(
 
 /// The offline path of python_docker/build.sh (base from Debian packages, wheels
 /// downloaded on the host), for engines that cannot reach a registry.
-fn build_offline(cli: &Cli, opts: &BuildOptions) -> Result<i32, CliError> {
+fn build_offline(opts: &BuildOptions, engine_cli: &str) -> Result<i32, CliError> {
     if opts.requirements.is_some() || opts.base_image.is_some() {
         return Err(CliError::usage(
             "--offline builds from its own Debian base and CONTEXT/requirements.txt; edit that file instead of passing --base or --requirements",
         ));
     }
-    let engine_cli = match cli.runtime {
-        RuntimeChoice::Podman => "podman",
-        _ => "docker",
-    };
     let script = opts.context.join("build.sh");
     let status = std::process::Command::new("bash")
         .arg(&script)
         .arg("--offline")
         .env("TAG", &opts.tag)
-        .env("ENGINE", engine_cli)
+        .env("ENGINE", engine_command(engine_cli))
         .status()
         .map_err(|e| CliError::usage(format!("cannot run {}: {e}", script.display())))?;
     if status.success() {
@@ -73,4 +69,18 @@ fn build_offline(cli: &Cli, opts: &BuildOptions) -> Result<i32, CliError> {
             ),
         })
     }
+}
+
+/// The engine's command line as build.sh runs it: Podman through the same API socket the
+/// sandboxes use (a rootless service's storage is not root's).
+fn engine_command(engine: &str) -> String {
+    if engine == "podman" {
+        if let Some(sock) = biocage_podman::discover_socket()
+            .into_iter()
+            .find(|p| p.exists())
+        {
+            return format!("podman --remote --url unix://{}", sock.display());
+        }
+    }
+    engine.to_string()
 }

@@ -1,7 +1,6 @@
 //! `biocage repl`: an interactive session for people, or a JSON-lines program interface.
 
 use std::io::Write;
-use std::time::Duration;
 
 use biocage_core::Session;
 use serde::Deserialize;
@@ -56,13 +55,10 @@ async fn json_loop(session: &dyn Session) -> Result<(), CliError> {
                 "error": format!("line {n} is not a request: {e}; send {{\"code\": \"...\", \"timeout\": 5}}"),
             })
             .to_string(),
-            Ok(Request { timeout: Some(t), .. }) if !(t.is_finite() && t > 0.0) => serde_json::json!({
-                "error": format!("line {n}: timeout must be a number of seconds above 0"),
-            })
-            .to_string(),
             Ok(req) => {
-                let result = match req.timeout {
-                    Some(t) => session.run_with_timeout(&req.code, Duration::from_secs_f64(t)).await,
+                let result = match req.timeout.map(biocage_core::config::timeout_from_secs) {
+                    Some(Err(e)) => Err(e),
+                    Some(Ok(t)) => session.run_with_timeout(&req.code, t).await,
                     None => session.run(&req.code).await,
                 };
                 match result {
@@ -78,29 +74,55 @@ async fn json_loop(session: &dyn Session) -> Result<(), CliError> {
     Ok(())
 }
 
-/// True while `buffer` is an unfinished block: open brackets or triple quotes, a
-/// trailing backslash, or an indented block not yet ended by an empty line.
+/// True while `buffer` is an unfinished block: open brackets or strings, a trailing
+/// backslash, or an indented block not yet ended by an empty line. Brackets, quotes and
+/// colons inside strings and comments do not count.
 fn needs_more(buffer: &str) -> bool {
-    let last = buffer.lines().last().unwrap_or("");
-    if last.trim_end().ends_with('\\') {
-        return true;
-    }
-    if buffer.matches("\"\"\"").count() % 2 == 1 || buffer.matches("'''").count() % 2 == 1 {
-        return true;
-    }
     let mut depth = 0i32;
-    for c in buffer.chars() {
-        match c {
-            '(' | '[' | '{' => depth += 1,
-            ')' | ']' | '}' => depth -= 1,
-            _ => {}
+    let mut quote: Option<&str> = None;
+    let mut block = false;
+    let mut rest = buffer;
+    while let Some(c) = rest.chars().next() {
+        if let Some(q) = quote {
+            if rest.starts_with('\\') {
+                rest = rest.get(2..).unwrap_or("");
+                continue;
+            }
+            if rest.starts_with(q) {
+                rest = &rest[q.len()..];
+                quote = None;
+                continue;
+            }
+            if c == '\n' && q.len() == 1 {
+                quote = None; // an unclosed one-line string: Python will say so
+            }
+        } else if let Some(q) = ["\"\"\"", "\'\'\'", "\"", "'"]
+            .into_iter()
+            .find(|q| rest.starts_with(q))
+        {
+            quote = Some(q);
+            rest = &rest[q.len()..];
+            continue;
+        } else if c == '#' {
+            rest = rest.find('\n').map_or("", |i| &rest[i..]);
+            continue;
+        } else {
+            match c {
+                '(' | '[' | '{' => depth += 1,
+                ')' | ']' | '}' => depth -= 1,
+                _ => {}
+            }
+        }
+        rest = &rest[c.len_utf8()..];
+    }
+    for line in buffer.lines() {
+        let code = line.split('#').next().unwrap_or("").trim_end();
+        if code.ends_with(':') {
+            block = true;
         }
     }
-    if depth > 0 {
-        return true;
-    }
-    let block = buffer.lines().any(|l| l.trim_end().ends_with(':'));
-    block && !buffer.ends_with("\n\n")
+    let last = buffer.lines().last().unwrap_or("").trim_end();
+    quote.is_some() || depth > 0 || last.ends_with('\\') || (block && !buffer.ends_with("\n\n"))
 }
 
 async fn human_loop(session: &dyn Session, engine: &str) -> Result<(), CliError> {
@@ -120,16 +142,22 @@ async fn human_loop(session: &dyn Session, engine: &str) -> Result<(), CliError>
                 continue;
             }
         };
-        let Some(line) = line else {
-            eprintln!();
-            return Ok(());
-        };
-        buffer.push_str(&line);
-        buffer.push('\n');
-        if needs_more(&buffer) {
-            continue;
+        let at_end = line.is_none();
+        match line {
+            Some(line) => {
+                buffer.push_str(&line);
+                buffer.push('\n');
+                if needs_more(&buffer) {
+                    continue;
+                }
+            }
+            // End of input: what is still buffered runs before the session ends.
+            None => eprintln!(),
         }
         let code = std::mem::take(&mut buffer);
+        if at_end && code.trim().is_empty() {
+            return Ok(());
+        }
         if code.trim().is_empty() {
             continue;
         }
@@ -163,6 +191,9 @@ async fn human_loop(session: &dyn Session, engine: &str) -> Result<(), CliError>
             }
             Err(e) => eprintln!("biocage: {e}"),
         }
+        if at_end {
+            return Ok(());
+        }
     }
 }
 
@@ -180,5 +211,9 @@ mod tests {
         assert!(!needs_more("x = (1,\n2)\n"));
         assert!(needs_more("s = \"\"\"a\n"));
         assert!(needs_more("x = 1 + \\\n"));
+        assert!(!needs_more("print(\"(\")\n"));
+        assert!(!needs_more("s = '[x'\n"));
+        assert!(!needs_more("x = 1  # note:\n"));
+        assert!(!needs_more("d = {'a': 1}\n"));
     }
 }

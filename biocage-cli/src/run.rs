@@ -41,7 +41,13 @@ pub fn print_result(r: &ExecutionResult, json: bool) {
         let _ = out.flush();
         let mut err = std::io::stderr().lock();
         let _ = err.write_all(r.stderr.as_bytes());
-        if let Some(e) = r.error.as_ref().filter(|e| e.traceback.is_none()) {
+        // A traceback says it all for an exception; timeouts, out-of-memory and crashes
+        // also get a line saying what happened.
+        if let Some(e) = r
+            .error
+            .as_ref()
+            .filter(|e| e.traceback.is_none() || e.kind != biocage_core::ErrorKind::Exception)
+        {
             let _ = writeln!(
                 err,
                 "biocage: {}: {}",

@@ -160,13 +160,14 @@ fn repl_for_people_keeps_state_and_blocks(#[case] engine: &str) {
     if !engine_under_test(engine) {
         return;
     }
-    let input = "def sq(v):\n    return v * v\n\nx = 7\nprint(sq(x))\nsq(3)\n";
+    // The last block has no empty line after it: it runs at the end of input all the same.
+    let input = "def sq(v):\n    return v * v\n\nx = 7\nprint(sq(x))\nsq(3)\nfor c in '(:':\n    print(c)\n";
     biocage(engine)
         .args(["repl", "--allow-unenforced"])
         .write_stdin(input)
         .assert()
         .success()
-        .stdout("49\n9\n");
+        .stdout("49\n9\n(\n:\n");
 }
 
 #[rstest]

@@ -303,6 +303,13 @@ class Worker:
             while tb is not None and not tb.tb_frame.f_code.co_filename.startswith("<cell-") \
                     and tb.tb_frame.f_code.co_filename != filename:
                 tb = tb.tb_next
+            # ...and ends there: the interrupt handler's own frame is not the user's.
+            node = tb
+            while node is not None and node.tb_next is not None:
+                if node.tb_next.tb_frame.f_code is Worker.on_sigint.__code__:
+                    node.tb_next = None
+                    break
+                node = node.tb_next
             text = "".join(traceback.format_exception(type(exc), exc, tb))
             try:
                 sys.stderr.write(text)
@@ -752,6 +759,13 @@ class Supervisor:
                     self.finish_lost("crashed", signal.Signals(sig).name,
                                      "the worker was killed by signal %s; earlier state is lost"
                                      % signal.Signals(sig).name, 137)
+            elif os.WEXITSTATUS(status) == 0:
+                # sys.exit(0) / os._exit(0): the program ended normally; its state ends with it.
+                res = self.base_result()
+                self.lost_since_last_run = False
+                res.update(success=True, exit_code=0, state_lost=True, value=None, images=[], error=None)
+                self.run = None
+                self.send(res)
             else:
                 code = os.WEXITSTATUS(status)
                 self.finish_lost("crashed", "SystemExit",

@@ -15,6 +15,21 @@ pub const DEFAULT_USER: &str = "1000:1000";
 /// The image sessions use unless told otherwise.
 pub const DEFAULT_IMAGE: &str = "biocage:latest";
 
+/// Longest time limit a run may have.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// A run time limit from seconds: above 0, at most [`MAX_TIMEOUT`].
+pub fn timeout_from_secs(secs: f64) -> Result<Duration> {
+    match Duration::try_from_secs_f64(secs) {
+        Ok(d) if !d.is_zero() && d <= MAX_TIMEOUT => Ok(d),
+        _ => Err(Error::InvalidConfig {
+            field: "timeout",
+            value: secs.to_string(),
+            reason: "must be a number of seconds above 0 and at most 86400 (24 hours)".into(),
+        }),
+    }
+}
+
 /// How a host path is exposed in the sandbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -151,7 +166,7 @@ impl SandboxConfig {
                 "must be at least 16: the agent needs a few processes",
             );
         }
-        if self.timeout.is_zero() || self.timeout > Duration::from_secs(24 * 3600) {
+        if self.timeout.is_zero() || self.timeout > MAX_TIMEOUT {
             return bad(
                 "timeout",
                 format!("{:?}", self.timeout),
@@ -340,6 +355,10 @@ mod tests {
             .build()
             .unwrap_err();
         assert!(e.to_string().contains("timeout"), "{e}");
+        for bad in [0.0, -1.0, f64::NAN, 1e20, 90000.0] {
+            assert!(timeout_from_secs(bad).is_err(), "{bad}");
+        }
+        assert_eq!(timeout_from_secs(1.5).unwrap(), Duration::from_millis(1500));
         let c = SandboxConfig {
             user: "0:0".into(),
             ..Default::default()

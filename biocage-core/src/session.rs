@@ -230,13 +230,7 @@ impl Session for AgentSession {
 
     async fn run_with_timeout(&self, code: &str, timeout: Duration) -> Result<ExecutionResult> {
         self.check_open()?;
-        if timeout.is_zero() {
-            return Err(Error::InvalidConfig {
-                field: "timeout",
-                value: "0".into(),
-                reason: "a run needs a time limit above zero".into(),
-            });
-        }
+        crate::config::timeout_from_secs(timeout.as_secs_f64())?;
         let _one_run = self.run_lock.lock().await;
         let mut channel = self.channel().await;
         if channel.is_closed() {

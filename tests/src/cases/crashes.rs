@@ -40,8 +40,20 @@ pub async fn worker_death_is_survived(rt: &dyn SandboxRuntime) {
         let r = run(s.as_ref(), "print('kept' in dir())").await;
         assert_eq!(ok(&r), "False\n", "after {code}");
     }
-    let r = run(s.as_ref(), "import os\nos._exit(0)").await;
-    assert!(r.stdout.is_empty() || r.stdout == "bye\n");
+    // Exiting with status 0 is a normal end: success, but the state went with it.
+    let r = run(
+        s.as_ref(),
+        "kept = 1\nprint('done')\nimport sys\nsys.exit(0)",
+    )
+    .await;
+    assert!(
+        r.success && r.error.is_none() && r.state_lost,
+        "{}",
+        r.to_json()
+    );
+    assert_eq!((r.exit_code, r.stdout.as_str()), (0, "done\n"));
+    let r = run(s.as_ref(), "print('kept' in dir())").await;
+    assert_eq!(ok(&r), "False\n");
     s.close().await.unwrap();
 }
 

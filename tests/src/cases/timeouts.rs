@@ -20,6 +20,11 @@ pub async fn timeout_interrupts_and_keeps_state(rt: &dyn SandboxRuntime) {
     assert!(!r.state_lost);
     assert_eq!(r.stdout, "started\n", "output before the timeout is kept");
     assert!(
+        !r.stderr.contains("<string>") && !r.stderr.contains("on_sigint"),
+        "agent frames leak: {}",
+        r.stderr
+    );
+    assert!(
         r.execution_time >= 1.0 && r.execution_time < 10.0,
         "{}",
         r.execution_time
