@@ -18,16 +18,37 @@ pub struct AgentStreams {
     pub stdin: Pin<Box<dyn AsyncWrite + Send>>,
 }
 
+/// Which container a [`ContainerOps`] acts on, and as whom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerIdentity {
+    /// Engine name ("docker", "podman").
+    pub engine: &'static str,
+    /// The container's id.
+    pub id: String,
+    /// The container's name.
+    pub name: String,
+    /// uid:gid that processes started in it run as.
+    pub user: String,
+}
+
 /// One running sandbox container, as a backend manages it. [`crate::AgentSession`]
 /// drives the agent through this; nothing here is engine-specific in its meaning.
 #[async_trait]
 pub trait ContainerOps: Send + Sync + 'static {
+    /// The container this acts on.
+    fn identity(&self) -> &ContainerIdentity;
     /// Engine name ("docker", "podman").
-    fn engine(&self) -> &str;
+    fn engine(&self) -> &str {
+        self.identity().engine
+    }
     /// The container's id.
-    fn container_id(&self) -> &str;
+    fn container_id(&self) -> &str {
+        &self.identity().id
+    }
     /// The container's name.
-    fn container_name(&self) -> &str;
+    fn container_name(&self) -> &str {
+        &self.identity().name
+    }
     /// Starts `argv` in the container (as the sandbox user) with stdin and stdout attached.
     async fn exec_attached(&self, argv: Vec<String>) -> Result<AgentStreams>;
     /// Whether the container is running.

@@ -25,7 +25,7 @@ pub mod spec;
 pub mod staging;
 
 pub use config::{Exposure, ExposureMode, SandboxConfig, SandboxConfigBuilder};
-pub use container::{AgentStreams, ContainerLauncher, ContainerOps};
+pub use container::{AgentStreams, ContainerIdentity, ContainerLauncher, ContainerOps};
 pub use error::{Error, Result};
 pub use image::{BuildOptions, Progress};
 pub use launch::launch_session;

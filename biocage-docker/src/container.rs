@@ -3,7 +3,7 @@
 use std::io;
 
 use async_trait::async_trait;
-use biocage_core::{AgentStreams, ContainerOps, Error, Result};
+use biocage_core::{AgentStreams, ContainerIdentity, ContainerOps, Error, Result};
 use bollard::container::LogOutput;
 use bollard::exec::{StartExecOptions, StartExecResults};
 use bollard::models::ExecConfig;
@@ -16,9 +16,7 @@ use crate::ENGINE;
 /// A sandbox container on Docker.
 pub struct DockerContainer {
     pub(crate) docker: Docker,
-    pub(crate) id: String,
-    pub(crate) name: String,
-    pub(crate) user: String,
+    pub(crate) ident: ContainerIdentity,
 }
 
 pub(crate) fn is_not_found(e: &bollard::errors::Error) -> bool {
@@ -50,16 +48,8 @@ pub(crate) async fn remove_container(docker: &Docker, id: &str) -> Result<()> {
 
 #[async_trait]
 impl ContainerOps for DockerContainer {
-    fn engine(&self) -> &str {
-        ENGINE
-    }
-
-    fn container_id(&self) -> &str {
-        &self.id
-    }
-
-    fn container_name(&self) -> &str {
-        &self.name
+    fn identity(&self) -> &ContainerIdentity {
+        &self.ident
     }
 
     async fn exec_attached(&self, argv: Vec<String>) -> Result<AgentStreams> {
@@ -69,15 +59,19 @@ impl ContainerOps for DockerContainer {
             attach_stderr: Some(true),
             tty: Some(false),
             cmd: Some(argv),
-            user: Some(self.user.clone()),
+            user: Some(self.ident.user.clone()),
             ..Default::default()
         };
         let exec = self
             .docker
-            .create_exec(&self.id, config)
+            .create_exec(&self.ident.id, config)
             .await
             .map_err(|e| {
-                Error::engine(ENGINE, format!("starting the agent in {}", self.name), e)
+                Error::engine(
+                    ENGINE,
+                    format!("starting the agent in {}", self.ident.name),
+                    e,
+                )
             })?;
         let opts = StartExecOptions {
             detach: false,
@@ -91,12 +85,12 @@ impl ContainerOps for DockerContainer {
             .map_err(|e| {
                 Error::engine(
                     ENGINE,
-                    format!("attaching to the agent in {}", self.name),
+                    format!("attaching to the agent in {}", self.ident.name),
                     e,
                 )
             })? {
             StartExecResults::Attached { output, input } => {
-                let name = self.name.clone();
+                let name = self.ident.name.clone();
                 let stdout = output
                     .filter_map(move |frame| {
                         let item = match frame {
@@ -125,7 +119,7 @@ impl ContainerOps for DockerContainer {
     }
 
     async fn is_running(&self) -> Result<bool> {
-        match self.docker.inspect_container(&self.id, None).await {
+        match self.docker.inspect_container(&self.ident.id, None).await {
             Ok(info) => Ok(info.state.and_then(|s| s.running).unwrap_or(false)),
             Err(e) if is_not_found(&e) => Ok(false),
             Err(e) => Err(Error::engine(ENGINE, "inspecting the container", e)),
@@ -133,6 +127,6 @@ impl ContainerOps for DockerContainer {
     }
 
     async fn remove(&self) -> Result<()> {
-        remove_container(&self.docker, &self.id).await
+        remove_container(&self.docker, &self.ident.id).await
     }
 }

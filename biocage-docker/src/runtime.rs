@@ -6,8 +6,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use biocage_core::limits::Capabilities;
 use biocage_core::{
-    launch_session, BuildOptions, ContainerLauncher, ContainerOps, ContainerSpec, Error, Result,
-    SandboxConfig, SandboxRuntime, SandboxSummary, Session, LABEL_MANAGED,
+    launch_session, BuildOptions, ContainerIdentity, ContainerLauncher, ContainerOps,
+    ContainerSpec, Error, Result, SandboxConfig, SandboxRuntime, SandboxSummary, Session,
+    LABEL_MANAGED,
 };
 use bollard::query_parameters::{CreateContainerOptions, ListContainersOptions};
 use bollard::Docker;
@@ -95,9 +96,12 @@ impl ContainerLauncher for DockerRuntime {
         }
         Ok(Arc::new(DockerContainer {
             docker: self.docker.clone(),
-            id: created.id,
-            name: spec.name.clone(),
-            user: spec.user.clone(),
+            ident: ContainerIdentity {
+                engine: ENGINE,
+                id: created.id,
+                name: spec.name.clone(),
+                user: spec.user.clone(),
+            },
         }))
     }
 }

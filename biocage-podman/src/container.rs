@@ -3,7 +3,7 @@
 use std::io;
 
 use async_trait::async_trait;
-use biocage_core::{AgentStreams, ContainerOps, Error, Result};
+use biocage_core::{AgentStreams, ContainerIdentity, ContainerOps, Error, Result};
 use futures_util::StreamExt;
 use podman_api::conn::TtyChunk;
 use podman_api::opts::{ContainerListFilter, ContainerListOpts, ExecCreateOpts, ExecStartOpts};
@@ -15,9 +15,7 @@ use crate::ENGINE;
 /// A sandbox container on Podman.
 pub struct PodmanContainer {
     pub(crate) podman: Podman,
-    pub(crate) id: String,
-    pub(crate) name: String,
-    pub(crate) user: String,
+    pub(crate) ident: ContainerIdentity,
 }
 
 pub(crate) fn is_not_found(e: &podman_api::Error) -> bool {
@@ -50,16 +48,8 @@ pub(crate) async fn container_state(podman: &Podman, id: &str) -> Result<Option<
 
 #[async_trait]
 impl ContainerOps for PodmanContainer {
-    fn engine(&self) -> &str {
-        ENGINE
-    }
-
-    fn container_id(&self) -> &str {
-        &self.id
-    }
-
-    fn container_name(&self) -> &str {
-        &self.name
+    fn identity(&self) -> &ContainerIdentity {
+        &self.ident
     }
 
     async fn exec_attached(&self, argv: Vec<String>) -> Result<AgentStreams> {
@@ -69,16 +59,20 @@ impl ContainerOps for PodmanContainer {
             .attach_stdout(true)
             .attach_stderr(true)
             .tty(false)
-            .user(podman_api::opts::UserOpt::User(self.user.clone()))
+            .user(podman_api::opts::UserOpt::User(self.ident.user.clone()))
             .build();
         let exec = self
             .podman
             .containers()
-            .get(&self.id)
+            .get(&self.ident.id)
             .create_exec(&opts)
             .await
             .map_err(|e| {
-                Error::engine(ENGINE, format!("starting the agent in {}", self.name), e)
+                Error::engine(
+                    ENGINE,
+                    format!("starting the agent in {}", self.ident.name),
+                    e,
+                )
             })?;
         let mux = exec
             .start(&ExecStartOpts::builder().detach(false).build())
@@ -86,7 +80,7 @@ impl ContainerOps for PodmanContainer {
             .map_err(|e| {
                 Error::engine(
                     ENGINE,
-                    format!("attaching to the agent in {}", self.name),
+                    format!("attaching to the agent in {}", self.ident.name),
                     e,
                 )
             })?
@@ -98,7 +92,7 @@ impl ContainerOps for PodmanContainer {
                 )
             })?;
         let (reader, writer) = mux.split();
-        let name = self.name.clone();
+        let name = self.ident.name.clone();
         let stdout = reader
             .filter_map(move |chunk| {
                 let item = match chunk {
@@ -120,10 +114,13 @@ impl ContainerOps for PodmanContainer {
     }
 
     async fn is_running(&self) -> Result<bool> {
-        Ok(container_state(&self.podman, &self.id).await?.as_deref() == Some("running"))
+        Ok(container_state(&self.podman, &self.ident.id)
+            .await?
+            .as_deref()
+            == Some("running"))
     }
 
     async fn remove(&self) -> Result<()> {
-        remove_container(&self.podman, &self.id).await
+        remove_container(&self.podman, &self.ident.id).await
     }
 }

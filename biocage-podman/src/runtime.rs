@@ -6,8 +6,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use biocage_core::limits::Capabilities;
 use biocage_core::{
-    launch_session, BuildOptions, ContainerLauncher, ContainerOps, ContainerSpec, Error, IdMap,
-    Result, SandboxConfig, SandboxRuntime, SandboxSummary, Session, LABEL_MANAGED,
+    launch_session, BuildOptions, ContainerIdentity, ContainerLauncher, ContainerOps,
+    ContainerSpec, Error, IdMap, Result, SandboxConfig, SandboxRuntime, SandboxSummary, Session,
+    LABEL_MANAGED,
 };
 use podman_api::opts::{ContainerListFilter, ContainerListOpts};
 use podman_api::Podman;
@@ -96,9 +97,12 @@ impl ContainerLauncher for PodmanRuntime {
         }
         Ok(Arc::new(PodmanContainer {
             podman: self.podman.clone(),
-            id,
-            name: spec.name.clone(),
-            user: spec.user.clone(),
+            ident: ContainerIdentity {
+                engine: ENGINE,
+                id,
+                name: spec.name.clone(),
+                user: spec.user.clone(),
+            },
         }))
     }
 }
