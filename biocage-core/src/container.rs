@@ -31,6 +31,13 @@ pub struct ContainerIdentity {
     pub user: String,
 }
 
+impl ContainerIdentity {
+    /// An engine error while doing `action` in this container.
+    pub fn failed(&self, action: &str, e: impl std::fmt::Display) -> crate::Error {
+        crate::Error::engine(self.engine, format!("{action} in {}", self.name), e)
+    }
+}
+
 /// One running sandbox container, as a backend manages it. [`crate::AgentSession`]
 /// drives the agent through this; nothing here is engine-specific in its meaning.
 #[async_trait]

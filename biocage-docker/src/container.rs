@@ -66,13 +66,7 @@ impl ContainerOps for DockerContainer {
             .docker
             .create_exec(&self.ident.id, config)
             .await
-            .map_err(|e| {
-                Error::engine(
-                    ENGINE,
-                    format!("starting the agent in {}", self.ident.name),
-                    e,
-                )
-            })?;
+            .map_err(|e| self.ident.failed("starting the agent", e))?;
         let opts = StartExecOptions {
             detach: false,
             tty: false,
@@ -82,13 +76,8 @@ impl ContainerOps for DockerContainer {
             .docker
             .start_exec(&exec.id, Some(opts))
             .await
-            .map_err(|e| {
-                Error::engine(
-                    ENGINE,
-                    format!("attaching to the agent in {}", self.ident.name),
-                    e,
-                )
-            })? {
+            .map_err(|e| self.ident.failed("attaching to the agent", e))?
+        {
             StartExecResults::Attached { output, input } => {
                 let name = self.ident.name.clone();
                 let stdout = output

@@ -67,23 +67,11 @@ impl ContainerOps for PodmanContainer {
             .get(&self.ident.id)
             .create_exec(&opts)
             .await
-            .map_err(|e| {
-                Error::engine(
-                    ENGINE,
-                    format!("starting the agent in {}", self.ident.name),
-                    e,
-                )
-            })?;
+            .map_err(|e| self.ident.failed("starting the agent", e))?;
         let mux = exec
             .start(&ExecStartOpts::builder().detach(false).build())
             .await
-            .map_err(|e| {
-                Error::engine(
-                    ENGINE,
-                    format!("attaching to the agent in {}", self.ident.name),
-                    e,
-                )
-            })?
+            .map_err(|e| self.ident.failed("attaching to the agent", e))?
             .ok_or_else(|| {
                 Error::engine(
                     ENGINE,
