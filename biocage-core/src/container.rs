@@ -32,6 +32,16 @@ pub struct ContainerIdentity {
 }
 
 impl ContainerIdentity {
+    /// The identity of container `id`, created by `engine` from `spec`.
+    pub fn of(engine: &'static str, id: String, spec: &crate::ContainerSpec) -> Self {
+        ContainerIdentity {
+            engine,
+            id,
+            name: spec.name.clone(),
+            user: spec.user.clone(),
+        }
+    }
+
     /// An engine error while doing `action` in this container.
     pub fn failed(&self, action: &str, e: impl std::fmt::Display) -> crate::Error {
         crate::Error::engine(self.engine, format!("{action} in {}", self.name), e)

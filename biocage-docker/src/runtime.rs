@@ -96,12 +96,7 @@ impl ContainerLauncher for DockerRuntime {
         }
         Ok(Arc::new(DockerContainer {
             docker: self.docker.clone(),
-            ident: ContainerIdentity {
-                engine: ENGINE,
-                id: created.id,
-                name: spec.name.clone(),
-                user: spec.user.clone(),
-            },
+            ident: ContainerIdentity::of(ENGINE, created.id, spec),
         }))
     }
 }

@@ -97,12 +97,7 @@ impl ContainerLauncher for PodmanRuntime {
         }
         Ok(Arc::new(PodmanContainer {
             podman: self.podman.clone(),
-            ident: ContainerIdentity {
-                engine: ENGINE,
-                id,
-                name: spec.name.clone(),
-                user: spec.user.clone(),
-            },
+            ident: ContainerIdentity::of(ENGINE, id, spec),
         }))
     }
 }
