@@ -6,6 +6,7 @@ use biocage_core::BuildOptions;
 
 use crate::args::Cli;
 use crate::exit::{CliError, OK, UNAVAILABLE};
+use crate::inert::Stream;
 use crate::{engine, progress};
 
 /// Builds the sandbox image through the engine API, or with the offline script.
@@ -28,7 +29,9 @@ pub async fn build(
     let bar = progress::spinner(cli, &format!("building {tag} on {}", rt.name()));
     let verbose = cli.verbose > 0;
     let shown = bar.clone();
+    // Build steps run in containers too: their output is shown inertly on a terminal.
     let mut show = move |line: &str| {
+        let line = Stream::Stderr.show(line);
         shown.set_message(line.chars().take(100).collect::<String>());
         if verbose {
             shown.suspend(|| eprintln!("{line}"));

@@ -6,12 +6,14 @@ mod doctor;
 mod engine;
 mod exit;
 mod image;
+mod inert;
 mod progress;
 mod ps;
 mod repl;
 mod run;
 
 use clap::Parser;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 use args::{Cli, Command, ImageCommand};
 
@@ -24,11 +26,23 @@ fn init_logs(cli: &Cli) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("BIOCAGE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
+    // Log lines can quote sandbox text; on a terminal they are shown inertly, which
+    // leaves no room for colours.
+    let on_terminal = inert::Stream::Stderr.is_terminal();
+    let writer = if on_terminal {
+        BoxMakeWriter::new(inert::inert_stderr)
+    } else {
+        BoxMakeWriter::new(std::io::stderr)
+    };
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+        .with_writer(writer)
+        .with_target(false);
+    if on_terminal {
+        logs.with_ansi(false).init();
+    } else {
+        logs.init();
+    }
 }
 
 async fn dispatch(cli: &Cli) -> Result<i32, exit::CliError> {
@@ -95,7 +109,7 @@ fn main() {
                     serde_json::json!({"error": e.message, "exit_code": e.code})
                 );
             } else {
-                eprintln!("biocage: {}", e.message);
+                eprintln!("biocage: {}", inert::Stream::Stderr.show(&e.message));
             }
             e.code
         }

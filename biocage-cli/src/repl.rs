@@ -8,6 +8,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::args::{Cli, SessionOpts};
 use crate::exit::{CliError, OK};
+use crate::inert::Stream;
 use crate::run::print_result;
 use crate::{config, engine, progress};
 
@@ -168,7 +169,10 @@ async fn human_loop(session: &dyn Session, engine: &str) -> Result<(), CliError>
                 r = &mut run => break r,
                 _ = tokio::signal::ctrl_c() => {
                     if let Err(e) = session.interrupt().await {
-                        eprintln!("biocage: could not interrupt: {e}");
+                        eprintln!(
+                            "biocage: could not interrupt: {}",
+                            Stream::Stderr.show(&e.to_string())
+                        );
                     }
                 }
             }
@@ -177,7 +181,7 @@ async fn human_loop(session: &dyn Session, engine: &str) -> Result<(), CliError>
             Ok(r) => {
                 print_result(&r, false);
                 if let Some(v) = &r.value {
-                    println!("{v}");
+                    println!("{}", Stream::Stdout.show(v));
                 }
                 if !r.images.is_empty() {
                     eprintln!(
@@ -189,7 +193,7 @@ async fn human_loop(session: &dyn Session, engine: &str) -> Result<(), CliError>
                     eprintln!("biocage: the interpreter was replaced; earlier state is gone");
                 }
             }
-            Err(e) => eprintln!("biocage: {e}"),
+            Err(e) => eprintln!("biocage: {}", Stream::Stderr.show(&e.to_string())),
         }
         if at_end {
             return Ok(());

@@ -7,6 +7,7 @@ use biocage_core::ExecutionResult;
 
 use crate::args::{Cli, SessionOpts};
 use crate::exit::CliError;
+use crate::inert::{self, Stream};
 use crate::{config, engine, progress};
 
 /// Reads the code from FILE, or stdin for `-` or no file.
@@ -31,36 +32,55 @@ fn read_code(file: Option<&PathBuf>) -> Result<String, CliError> {
     }
 }
 
-/// Prints a result as the user asked: JSON, or stdout/stderr as they are.
+/// Prints a result as the user asked: JSON, or stdout/stderr as they are (shown inertly
+/// on a terminal, see [`inert`]).
 pub fn print_result(r: &ExecutionResult, json: bool) {
-    let mut out = std::io::stdout().lock();
     if json {
-        let _ = writeln!(out, "{}", r.to_json());
-    } else {
-        let _ = out.write_all(r.stdout.as_bytes());
-        let _ = out.flush();
-        let mut err = std::io::stderr().lock();
-        let _ = err.write_all(r.stderr.as_bytes());
-        // A traceback says it all for an exception; timeouts, out-of-memory and crashes
-        // also get a line saying what happened.
-        if let Some(e) = r
-            .error
-            .as_ref()
-            .filter(|e| e.traceback.is_none() || e.kind != biocage_core::ErrorKind::Exception)
-        {
-            let _ = writeln!(
-                err,
-                "biocage: {}: {}",
-                serde_json::to_value(e.kind)
-                    .unwrap_or_default()
-                    .as_str()
-                    .unwrap_or("error"),
-                e.message
-            );
-        }
-        if r.stdout_truncated || r.stderr_truncated {
-            let _ = writeln!(err, "biocage: output was over the cap and was cut");
-        }
+        let _ = writeln!(std::io::stdout().lock(), "{}", r.to_json());
+        return;
+    }
+    let out_tty = Stream::Stdout.is_terminal();
+    let err_tty = Stream::Stderr.is_terminal();
+    write_human(
+        r,
+        &mut std::io::stdout().lock(),
+        out_tty,
+        &mut std::io::stderr().lock(),
+        err_tty,
+    );
+}
+
+/// The human form of a result: its stdout on `out`, then its stderr and what went wrong
+/// on `err`. Text from the sandbox is [`inert::show`]n for a stream flagged as a terminal.
+fn write_human(
+    r: &ExecutionResult,
+    out: &mut dyn Write,
+    out_tty: bool,
+    err: &mut dyn Write,
+    err_tty: bool,
+) {
+    let _ = out.write_all(inert::show(&r.stdout, out_tty).as_bytes());
+    let _ = out.flush();
+    let _ = err.write_all(inert::show(&r.stderr, err_tty).as_bytes());
+    // A traceback says it all for an exception; timeouts, out-of-memory and crashes
+    // also get a line saying what happened.
+    if let Some(e) = r
+        .error
+        .as_ref()
+        .filter(|e| e.traceback.is_none() || e.kind != biocage_core::ErrorKind::Exception)
+    {
+        let _ = writeln!(
+            err,
+            "biocage: {}: {}",
+            serde_json::to_value(e.kind)
+                .unwrap_or_default()
+                .as_str()
+                .unwrap_or("error"),
+            inert::show(&e.message, err_tty)
+        );
+    }
+    if r.stdout_truncated || r.stderr_truncated {
+        let _ = writeln!(err, "biocage: output was over the cap and was cut");
     }
 }
 
@@ -79,4 +99,58 @@ pub async fn run(cli: &Cli, file: Option<&PathBuf>, opts: &SessionOpts) -> Resul
     let result = result?;
     print_result(&result, cli.json);
     Ok(result.exit_code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::write_human;
+    use biocage_core::{ErrorKind, ExecutionResult};
+
+    /// A result with control characters in every text the human form prints.
+    fn hostile() -> ExecutionResult {
+        let mut r = ExecutionResult::sandbox_failure("killed \x1b]0;t\x07\u{9b}", false);
+        r.stdout = "\x1b]52;c;eA==\x07\x1b[2J\tok\n".into();
+        r.stderr = "\x1b[31m\u{202e}err\r\n".into();
+        if let Some(e) = r.error.as_mut() {
+            e.kind = ErrorKind::Crashed;
+        }
+        r
+    }
+
+    fn human(r: &ExecutionResult, out_tty: bool, err_tty: bool) -> (String, String) {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        write_human(r, &mut out, out_tty, &mut err, err_tty);
+        (
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(err).unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_terminal_gets_every_sandbox_text_inertly() {
+        let (out, err) = human(&hostile(), true, true);
+        assert_eq!(out, "\\x1b]52;c;eA==\\x07\\x1b[2J\tok\n");
+        assert_eq!(
+            err,
+            "\\x1b[31m\\u202eerr\\x0d\nbiocage: crashed: killed \\x1b]0;t\\x07\\x9b\n"
+        );
+    }
+
+    #[test]
+    fn pipes_get_the_sandbox_text_byte_for_byte() {
+        let r = hostile();
+        let (out, err) = human(&r, false, false);
+        assert_eq!(out, r.stdout);
+        assert_eq!(
+            err,
+            format!("{}biocage: crashed: killed \x1b]0;t\x07\u{9b}\n", r.stderr)
+        );
+        // Each stream on its own.
+        let (out, err) = human(&r, false, true);
+        assert_eq!(out, r.stdout);
+        assert!(err.starts_with("\\x1b[31m"));
+        let (out, err) = human(&r, true, false);
+        assert!(out.starts_with("\\x1b]52"));
+        assert!(err.starts_with(&r.stderr));
+    }
 }

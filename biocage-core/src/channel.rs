@@ -46,19 +46,19 @@ pub struct AgentChannel {
     reader: JoinHandle<()>,
 }
 
-/// Longest line the host accepts from the supervisor (two capped streams, images, JSON escaping).
-const MAX_LINE: usize = 1 << 30;
-
 impl AgentChannel {
     /// Wraps the attached stdio of a supervisor and waits for its hello message.
+    /// A line longer than `max_line` bytes is not read into memory: the request it
+    /// answers (its "id" comes first) fails with a sandbox error, and the channel goes on.
     pub async fn open(
         streams: AgentStreams,
         hello_timeout: Duration,
+        max_line: usize,
     ) -> Result<(Self, Value), ChannelError> {
         let pending = Arc::new(Mutex::new(Pending::default()));
         let (hello_tx, hello_rx) = oneshot::channel();
         lock(&pending).hello = Some(hello_tx);
-        let reader = tokio::spawn(read_loop(streams.stdout, pending.clone()));
+        let reader = tokio::spawn(read_loop(streams.stdout, pending.clone(), max_line));
         let channel = AgentChannel {
             writer: tokio::sync::Mutex::new(streams.stdin),
             pending,
@@ -126,8 +126,11 @@ fn lock(p: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
 async fn read_loop(
     mut stdout: futures_util::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>,
     pending: Arc<Mutex<Pending>>,
+    max_line: usize,
 ) {
     let mut buf: Vec<u8> = Vec::new();
+    // Set while the rest of an oversize line is skipped.
+    let mut skipping = false;
     while let Some(chunk) = stdout.next().await {
         let chunk = match chunk {
             Ok(c) => c,
@@ -136,23 +139,45 @@ async fn read_loop(
                 break;
             }
         };
-        let mut start = buf.len();
-        buf.extend_from_slice(&chunk);
-        while let Some(pos) = buf[start..].iter().position(|b| *b == b'\n') {
-            let end = start + pos;
-            dispatch(&buf[..end], &pending);
-            buf.drain(..=end);
-            start = 0;
+        let mut rest: &[u8] = &chunk;
+        while let Some(pos) = rest.iter().position(|b| *b == b'\n') {
+            if skipping {
+                skipping = false;
+            } else {
+                buf.extend_from_slice(&rest[..pos]);
+                dispatch(&buf, &pending);
+            }
+            buf.clear();
+            rest = &rest[pos + 1..];
         }
-        if buf.len() > MAX_LINE {
-            tracing::error!("agent sent a line over {MAX_LINE} bytes; closing the channel");
-            break;
+        if !skipping {
+            buf.extend_from_slice(rest);
+            if buf.len() > max_line {
+                tracing::error!("the agent sent a line over {max_line} bytes; dropped");
+                fail_oversize(&buf, &pending, max_line);
+                buf = Vec::new();
+                skipping = true;
+            }
         }
     }
     let mut p = lock(&pending);
     p.closed = true;
     p.waiters.clear();
     p.hello = None;
+}
+
+/// Fails the request an oversize line answers: its id is the line's first field.
+fn fail_oversize(head: &[u8], pending: &Mutex<Pending>, max_line: usize) {
+    let prefix = &head[..head.len().min(64)];
+    let id = prefix
+        .strip_prefix(b"{\"id\":")
+        .map(|r| r.iter().take_while(|b| b.is_ascii_digit()).copied().collect::<Vec<u8>>())
+        .and_then(|d| std::str::from_utf8(&d).ok()?.parse::<u64>().ok());
+    if let Some(tx) = id.and_then(|id| lock(pending).waiters.remove(&id)) {
+        let _ = tx.send(json!({"op": "error", "message": format!(
+            "the sandbox sent a reply over {max_line} bytes, more than its caps allow; it was dropped"
+        )}));
+    }
 }
 
 fn dispatch(line: &[u8], pending: &Mutex<Pending>) {

@@ -96,7 +96,24 @@ pub struct SandboxConfig {
     pub max_transfer_bytes: u64,
     /// How long a container outlives a host that vanished without closing it.
     pub orphan_grace: Duration,
+    /// Largest code of one run, in bytes (UTF-8).
+    pub max_code_bytes: usize,
+    /// Size of each read-write exposure inside the sandbox (a tmpfs): what sandbox code
+    /// writes there beyond it fails with ENOSPC, and never reaches the host's disk.
+    pub rw_exposure_bytes: u64,
+    /// Most files and folders in each read-write exposure.
+    pub rw_exposure_files: u32,
 }
+
+/// Largest memory, tmpfs or exposure size accepted (1 TiB): engines read values that
+/// wrap as "unlimited", so every size has an upper bound.
+pub const MAX_SIZE: u64 = 1 << 40;
+
+/// Deepest folder nesting mirrored back from a read-write exposure.
+pub const RW_MAX_DEPTH: u32 = 64;
+
+/// Longest relative path (bytes) mirrored back from a read-write exposure.
+pub const RW_MAX_PATH: usize = 1024;
 
 impl Default for SandboxConfig {
     fn default() -> Self {
@@ -120,6 +137,9 @@ impl Default for SandboxConfig {
             allow_unenforced_limits: false,
             max_transfer_bytes: 64 << 20,
             orphan_grace: Duration::from_secs(10),
+            max_code_bytes: 16 << 20,
+            rw_exposure_bytes: 256 << 20,
+            rw_exposure_files: 16384,
         }
     }
 }
@@ -145,11 +165,49 @@ impl SandboxConfig {
         if self.image.trim().is_empty() {
             return bad("image", self.image.clone(), "an image name is required");
         }
-        if self.memory_bytes < 32 << 20 {
+        if self.memory_bytes < 32 << 20 || self.memory_bytes > MAX_SIZE {
             return bad(
                 "memory",
                 self.memory_bytes.to_string(),
-                "must be at least 32m: Python itself needs that much",
+                "must be between 32m (Python itself needs that much) and 1t",
+            );
+        }
+        for (field, value, least) in [
+            ("workspace size", self.workspace_bytes, 1u64 << 20),
+            ("tmp size", self.tmp_bytes, 1 << 20),
+            ("shm size", self.shm_bytes, 1 << 20),
+            ("read-write exposure size", self.rw_exposure_bytes, 1 << 20),
+        ] {
+            if value < least || value > MAX_SIZE {
+                return bad(field, value.to_string(), "must be between 1m and 1t");
+            }
+        }
+        if self.max_transfer_bytes < 1024 || self.max_transfer_bytes > 1 << 30 {
+            return bad(
+                "max transfer",
+                self.max_transfer_bytes.to_string(),
+                "must be between 1 KiB and 1 GiB",
+            );
+        }
+        if self.max_code_bytes < 1024 || self.max_code_bytes > 256 << 20 {
+            return bad(
+                "max code",
+                self.max_code_bytes.to_string(),
+                "must be between 1 KiB and 256 MiB",
+            );
+        }
+        if !(16..=1_000_000).contains(&self.rw_exposure_files) {
+            return bad(
+                "read-write exposure files",
+                self.rw_exposure_files.to_string(),
+                "must be between 16 and 1000000",
+            );
+        }
+        if self.pids_limit > 1 << 22 {
+            return bad(
+                "pids",
+                self.pids_limit.to_string(),
+                "must be at most 4194304 (the kernel's own maximum)",
             );
         }
         if !(self.cpus.is_finite() && self.cpus >= 0.01 && self.cpus <= 1024.0) {
@@ -316,6 +374,21 @@ impl SandboxConfigBuilder {
         self.config.max_transfer_bytes = bytes;
         self
     }
+    /// Largest code of one run, in bytes.
+    pub fn max_code_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_code_bytes = bytes;
+        self
+    }
+    /// Size of each read-write exposure inside the sandbox.
+    pub fn rw_exposure_bytes(mut self, bytes: u64) -> Self {
+        self.config.rw_exposure_bytes = bytes;
+        self
+    }
+    /// Most files and folders in each read-write exposure.
+    pub fn rw_exposure_files(mut self, files: u32) -> Self {
+        self.config.rw_exposure_files = files;
+        self
+    }
     /// The checked configuration, or the first problem found.
     pub fn build(mut self) -> Result<SandboxConfig> {
         if !self.errors.is_empty() {
@@ -359,6 +432,23 @@ mod tests {
             assert!(timeout_from_secs(bad).is_err(), "{bad}");
         }
         assert_eq!(timeout_from_secs(1.5).unwrap(), Duration::from_millis(1500));
+        for bytes in [u64::MAX, (1 << 40) + 1, 1 << 62] {
+            let e = SandboxConfig::builder()
+                .memory_bytes(bytes)
+                .build()
+                .unwrap_err();
+            assert!(e.to_string().contains("memory"), "{e}");
+        }
+        let e = SandboxConfig::builder()
+            .rw_exposure_bytes(u64::MAX)
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().contains("exposure"), "{e}");
+        let e = SandboxConfig::builder()
+            .pids_limit(u32::MAX)
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().contains("pids"), "{e}");
         let c = SandboxConfig {
             user: "0:0".into(),
             ..Default::default()

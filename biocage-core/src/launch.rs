@@ -8,6 +8,7 @@ use crate::runtime::{SandboxRuntime, Session};
 use crate::session::AgentSession;
 use crate::spec::ContainerSpec;
 use crate::staging::{HostOwner, Staging};
+use crate::uids::{UidLease, ROOTFUL_UIDS, ROOTLESS_UIDS};
 
 /// Checks the config, plans the limits (refusing what cannot be held), checks the image,
 /// stages exposures, has `launcher` start the container and connects the agent.
@@ -29,10 +30,17 @@ pub async fn launch_session(
         });
     }
     let mut config = config.clone();
-    if !caps.uid_map.is_empty() && config.user == DEFAULT_USER {
-        // Mapped to a subuid on the host, so no real user is hit; distinct per session.
-        let uid = 10_000 + uuid::Uuid::new_v4().as_u128() % 50_000;
-        config.user = format!("{uid}:{uid}");
+    let mut lease = None;
+    if config.user == DEFAULT_USER {
+        // A uid of the session's own, no host account: per-uid kernel counters and file
+        // access never join two sessions, nor a session and a real user.
+        let range = if caps.uid_map.is_empty() { ROOTFUL_UIDS } else { ROOTLESS_UIDS };
+        let uid_map = caps.uid_map.clone();
+        let leased = tokio::task::spawn_blocking(move || UidLease::acquire(range, |u| map_id(&uid_map, u)))
+            .await
+            .map_err(|e| Error::Agent(format!("leasing a sandbox uid: {e}")))??;
+        config.user = format!("{0}:{0}", leased.uid());
+        lease = Some(leased);
     }
     let owner = config.user.split_once(':').and_then(|(u, g)| {
         Some(HostOwner {
@@ -41,8 +49,8 @@ pub async fn launch_session(
         })
     });
     let staging = tokio::task::spawn_blocking({
-        let exposures = config.exposures.clone();
-        move || Staging::prepare(&exposures, owner)
+        let (exposures, network) = (config.exposures.clone(), config.network);
+        move || Staging::prepare(&exposures, owner, network)
     })
     .await
     .map_err(|e| Error::Agent(format!("staging exposures: {e}")))??;
@@ -50,6 +58,6 @@ pub async fn launch_session(
     let spec = ContainerSpec::new(&session_id, &config, &plan, Some(&staging))?;
     let ops = launcher.launch(&spec, caps.cgroup_limits).await?;
     let session =
-        AgentSession::start(session_id, ops, config, plan, spec.agent_argv, staging).await?;
+        AgentSession::start(session_id, ops, config, plan, spec.agent_argv, (staging, lease)).await?;
     Ok(Box::new(session))
 }

@@ -17,12 +17,14 @@ pub mod error;
 pub mod image;
 pub mod launch;
 pub mod limits;
+mod mirror;
 pub mod result;
 pub mod runtime;
 pub mod session;
 pub mod size;
 pub mod spec;
 pub mod staging;
+pub mod uids;
 
 pub use config::{Exposure, ExposureMode, SandboxConfig, SandboxConfigBuilder};
 pub use container::{AgentStreams, ContainerIdentity, ContainerLauncher, ContainerOps};

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::SandboxConfig;
+use crate::config::{ExposureMode, SandboxConfig};
 use crate::error::{Error, Result};
 use crate::size::format_size;
 use crate::spec::TMPFS_INODES;
@@ -90,6 +90,10 @@ pub struct LimitPlan {
     pub limits: Vec<LimitStatus>,
     /// rlimits the agent applies to the interpreter (name without RLIMIT_, lowercase).
     pub rlimits: BTreeMap<String, u64>,
+    /// System calls the agent's seccomp filter refuses beyond its fixed set: those whose
+    /// kernel resources this engine cannot bound per session.
+    #[serde(default)]
+    pub denied_syscalls: Vec<String>,
 }
 
 impl LimitPlan {
@@ -213,7 +217,49 @@ impl LimitPlan {
                 "no network interface but loopback (network mode none)"
             },
         ));
-        Ok(LimitPlan { limits, rlimits })
+        let mut denied_syscalls = Vec::new();
+        if !caps.uid_map.is_empty() {
+            // In a rootless engine's user namespace, inotify and fanotify groups are also
+            // charged to the engine's host user: one session could use up everyone's.
+            denied_syscalls.extend(["inotify_init", "inotify_init1", "fanotify_init"].map(String::from));
+        }
+        limits.push(status(
+            "inotify",
+            if caps.uid_map.is_empty() { "per session" } else { "none" }.into(),
+            Enforcement::Agent,
+            if caps.uid_map.is_empty() {
+                "counted per uid, and every session has a uid of its own"
+            } else {
+                "refused by the agent's seccomp filter (a rootless engine charges them to its own host user)"
+            },
+        ));
+        if !caps.cgroup_limits {
+            // Shared memory made with memfd is bounded by no rlimit and no tmpfs size.
+            denied_syscalls.push("memfd_create".into());
+        }
+        if config.exposures.iter().any(|e| e.mode == ExposureMode::ReadWrite) {
+            limits.push(status(
+                "exposure size",
+                format!("{} each", format_size(config.rw_exposure_bytes)),
+                Enforcement::Engine,
+                "tmpfs size of each read-write exposure (ENOSPC); at most that much is copied back per run",
+            ));
+            limits.push(status(
+                "exposure files",
+                format!("{} each", config.rw_exposure_files),
+                if caps.tmpfs_inode_limit { Enforcement::Engine } else { Enforcement::Agent },
+                if caps.tmpfs_inode_limit {
+                    "tmpfs nr_inodes of each read-write exposure (ENOSPC)"
+                } else {
+                    "copy-back stops at the cap (the engine refuses tmpfs nr_inodes)"
+                },
+            ));
+        }
+        Ok(LimitPlan {
+            limits,
+            rlimits,
+            denied_syscalls,
+        })
     }
 
     /// The status of the named limit.

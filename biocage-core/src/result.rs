@@ -36,6 +36,9 @@ pub struct ExecutionError {
     /// Line of a SyntaxError.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub line: Option<u32>,
+    /// The message or the traceback went over its cap and was cut.
+    #[serde(default)]
+    pub truncated: bool,
 }
 
 /// An image produced by a run (e.g. a matplotlib figure).
@@ -46,6 +49,20 @@ pub struct Image {
     /// Base64 of the image bytes.
     pub data: String,
 }
+
+/// Most characters of the last expression's repr in a result.
+pub const VALUE_CAP: usize = 64 << 10;
+/// Most characters of an error message in a result.
+pub const MESSAGE_CAP: usize = 64 << 10;
+/// Most characters of a traceback in a result.
+pub const TRACEBACK_CAP: usize = 256 << 10;
+/// Most figures in a result.
+pub const MAX_IMAGES: usize = 16;
+/// Most bytes of figures (PNG, before base64) in a result.
+pub const MAX_IMAGE_BYTES: usize = 8 << 20;
+/// Most pixels rendered for the figures of one result (their size bounds the time
+/// rendering takes after the run).
+pub const MAX_IMAGE_PIXELS: u64 = 16_000_000;
 
 /// Exit code of a successful run.
 pub const EXIT_OK: i32 = 0;
@@ -84,6 +101,12 @@ pub struct ExecutionResult {
     /// Figures the run left open, as images.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub images: Vec<Image>,
+    /// Figures were left out: over the count, size or pixel caps.
+    #[serde(default)]
+    pub images_truncated: bool,
+    /// The value's repr went over its cap and was cut.
+    #[serde(default)]
+    pub value_truncated: bool,
 }
 
 impl ExecutionResult {
@@ -122,12 +145,15 @@ impl ExecutionResult {
                 message: message.into(),
                 traceback: None,
                 line: None,
+                truncated: false,
             }),
             state_lost,
             stdout_truncated: false,
             stderr_truncated: false,
             value: None,
             images: Vec::new(),
+            images_truncated: false,
+            value_truncated: false,
         }
     }
 }
@@ -150,12 +176,15 @@ mod tests {
                 message: "bad".into(),
                 traceback: Some("tb".into()),
                 line: None,
+                truncated: false,
             }),
             state_lost: false,
             stdout_truncated: true,
             stderr_truncated: false,
             value: None,
             images: vec![],
+            images_truncated: false,
+            value_truncated: false,
         };
         let json = r.to_json();
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();

@@ -17,7 +17,10 @@ use crate::error::{Error, Result};
 use crate::limits::LimitPlan;
 use crate::result::{ErrorKind, ExecutionResult, EXIT_KILLED, EXIT_TIMEOUT};
 use crate::runtime::{Session, SessionInfo};
+use crate::mirror::RwMirror;
+use crate::spec::reply_line_limit;
 use crate::staging::Staging;
+use crate::uids::UidLease;
 
 /// How long a new supervisor may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -46,7 +49,11 @@ pub struct AgentSession {
     runs: AtomicU64,
     temp_files: AtomicU64,
     closed: AtomicBool,
-    staging: Arc<std::sync::Mutex<Staging>>,
+    /// Read-write exposures, mirrored back after every run.
+    mirror: Option<RwMirror>,
+    /// Host-side resources that live as long as the session: staged read-only copies
+    /// and the lease on the sandbox uid.
+    held: Option<(Staging, Option<UidLease>)>,
 }
 
 impl AgentSession {
@@ -58,9 +65,17 @@ impl AgentSession {
         config: SandboxConfig,
         plan: LimitPlan,
         agent_argv: Vec<String>,
-        staging: Staging,
+        held: (Staging, Option<UidLease>),
     ) -> Result<Self> {
-        let conn = match connect(ops.as_ref(), &agent_argv).await {
+        let mirror = RwMirror::of(&config);
+        let started = async {
+            let conn = connect(ops.as_ref(), &agent_argv, &config).await?;
+            if let Some(m) = &mirror {
+                m.fill(&conn.channel).await?;
+            }
+            Ok::<_, Error>(conn)
+        };
+        let conn = match started.await {
             Ok(c) => c,
             Err(e) => {
                 if let Err(rm) = ops.remove().await {
@@ -82,7 +97,8 @@ impl AgentSession {
             runs: AtomicU64::new(0),
             temp_files: AtomicU64::new(0),
             closed: AtomicBool::new(false),
-            staging: Arc::new(std::sync::Mutex::new(staging)),
+            mirror,
+            held: Some(held),
         })
     }
 
@@ -122,7 +138,10 @@ impl AgentSession {
             })
             .await;
         }
-        *conn = connect(self.ops.as_ref(), &self.agent_argv).await?;
+        *conn = connect(self.ops.as_ref(), &self.agent_argv, &self.config).await?;
+        if let Some(m) = &self.mirror {
+            m.begin(&conn.channel).await?;
+        }
         self.lost.store(true, Ordering::Release);
         Ok(())
     }
@@ -147,35 +166,15 @@ impl AgentSession {
         Ok(reply)
     }
 
-    /// Mirrors read-write exposures back to the host; returns a note for stderr on failure.
+    /// Mirrors read-write exposures back to the host; returns a note for stderr about
+    /// what was not copied.
     async fn sync_back(&self) -> Option<String> {
-        if !lock_staging(&self.staging).mirrors_anything() {
-            return None;
-        }
-        let staging = self.staging.clone();
-        let outcome = tokio::task::spawn_blocking(move || lock_staging(&staging).sync_back()).await;
-        match outcome {
-            Ok(Ok(report)) => {
-                if !report.skipped.is_empty() {
-                    tracing::info!(session = %self.id, "not copied back (links or special files): {:?}", report.skipped);
-                }
-                (!report.failed.is_empty()).then(|| {
-                    let list: Vec<String> = report
-                        .failed
-                        .iter()
-                        .map(|(p, e)| format!("{}: {e}", p.display()))
-                        .collect();
-                    format!(
-                        "[biocage] not copied back to the host yet (tried again after the next run): {}\n",
-                        list.join("; ")
-                    )
-                })
-            }
-            Ok(Err(e)) => Some(format!(
-                "[biocage] copying read-write exposures back to the host failed: {e}\n"
-            )),
+        let mirror = self.mirror.as_ref()?;
+        let channel = self.channel().await;
+        match mirror.sync(&channel).await {
+            Ok(note) => note,
             Err(e) => Some(format!(
-                "[biocage] copying read-write exposures back to the host failed: {e}\n"
+                "[biocage] copying read-write exposures back to the host failed (tried again after the next run): {e}\n"
             )),
         }
     }
@@ -199,9 +198,13 @@ impl AgentSession {
     }
 }
 
-async fn connect(ops: &dyn ContainerOps, argv: &[String]) -> Result<Connection> {
+async fn connect(
+    ops: &dyn ContainerOps,
+    argv: &[String],
+    config: &SandboxConfig,
+) -> Result<Connection> {
     let streams = ops.exec_attached(argv.to_vec()).await?;
-    let (channel, hello) = AgentChannel::open(streams, HELLO_TIMEOUT)
+    let (channel, hello) = AgentChannel::open(streams, HELLO_TIMEOUT, reply_line_limit(config))
         .await
         .map_err(|e| {
             Error::Agent(format!(
@@ -212,10 +215,36 @@ async fn connect(ops: &dyn ContainerOps, argv: &[String]) -> Result<Connection> 
     if hello["agent_version"].as_u64() != Some(AGENT_VERSION) {
         return Err(Error::Agent(format!("unexpected agent hello: {hello}")));
     }
+    check_hardening(&hello, config.allow_unenforced_limits)?;
     Ok(Connection {
         channel: Arc::new(channel),
         python: hello["python"].as_str().unwrap_or("").to_string(),
     })
+}
+
+/// Refuses a supervisor that could not harden itself (its seccomp filter or
+/// no_new_privs), unless unenforced protections are allowed (then it is logged).
+fn check_hardening(hello: &Value, allow_unenforced: bool) -> Result<()> {
+    for (key, what) in [
+        ("seccomp", "its seccomp filter (no new namespaces, keyrings, bpf, ...)"),
+        ("no_new_privs", "no_new_privs"),
+    ] {
+        if hello[key].as_bool() == Some(true) {
+            continue;
+        }
+        if allow_unenforced {
+            tracing::warn!("the sandbox supervisor runs without {what}: allowed by configuration");
+            continue;
+        }
+        return Err(Error::UnenforceableLimit {
+            limit: "seccomp",
+            engine: "this sandbox".into(),
+            reason: format!(
+                "the agent could not install {what} (python3 without ctypes, or an architecture other than x86_64 and aarch64)"
+            ),
+        });
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -231,6 +260,17 @@ impl Session for AgentSession {
     async fn run_with_timeout(&self, code: &str, timeout: Duration) -> Result<ExecutionResult> {
         self.check_open()?;
         crate::config::timeout_from_secs(timeout.as_secs_f64())?;
+        if code.len() > self.config.max_code_bytes {
+            return Err(Error::InvalidConfig {
+                field: "code",
+                value: format!("{} bytes", code.len()),
+                reason: format!(
+                    "code of one run is capped at {} ({} bytes, max_code_bytes); split it, or write data to a file with write_file",
+                    crate::size::format_size(self.config.max_code_bytes as u64),
+                    self.config.max_code_bytes
+                ),
+            });
+        }
         let _one_run = self.run_lock.lock().await;
         let mut channel = self.channel().await;
         if channel.is_closed() {
@@ -370,11 +410,10 @@ impl Session for AgentSession {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let removed = self.ops.remove().await;
         if let Some(note) = self.sync_back().await {
             tracing::warn!(session = %self.id, "{}", note.trim_end());
         }
-        removed
+        self.ops.remove().await
     }
 }
 
@@ -382,13 +421,21 @@ impl Drop for AgentSession {
     fn drop(&mut self) {
         if !self.closed.swap(true, Ordering::AcqRel) {
             tracing::debug!(session = %self.id, "session dropped without close; removing its container");
-            if let Err(e) = lock_staging(&self.staging).sync_back() {
-                tracing::warn!(session = %self.id, "copying read-write exposures back: {e}");
-            }
             let ops = self.ops.clone();
+            let mirror = self.mirror.clone();
+            let channel = self.conn.try_read().ok().map(|c| c.channel.clone());
+            // Released only once the container is gone: its uid must not be handed out
+            // while it still runs.
+            let held = self.held.take();
             match tokio::runtime::Handle::try_current() {
                 Ok(handle) => {
                     handle.spawn(async move {
+                        let _held = held;
+                        if let (Some(m), Some(ch)) = (mirror, channel) {
+                            if let Err(e) = m.sync(&ch).await {
+                                tracing::warn!("copying read-write exposures back: {e}");
+                            }
+                        }
                         if let Err(e) = ops.remove().await {
                             tracing::warn!("removing dropped sandbox {}: {e}", ops.container_id());
                         }
@@ -403,9 +450,4 @@ impl Drop for AgentSession {
             }
         }
     }
-}
-
-fn lock_staging(s: &std::sync::Mutex<Staging>) -> std::sync::MutexGuard<'_, Staging> {
-    // Staging holds plain data: a panic elsewhere cannot leave it half-updated.
-    s.lock().unwrap_or_else(|e| e.into_inner())
 }

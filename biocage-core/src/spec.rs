@@ -9,7 +9,35 @@ use crate::agent;
 use crate::config::{ExposureMode, SandboxConfig};
 use crate::error::{Error, Result};
 use crate::limits::LimitPlan;
+use crate::result::{
+    MAX_IMAGES, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MESSAGE_CAP, TRACEBACK_CAP, VALUE_CAP,
+};
 use crate::staging::Staging;
+
+/// Longest request line the agent accepts: the largest code, JSON-escaped (6 bytes a
+/// byte at worst), or the largest transfer in base64, plus framing.
+pub fn request_line_limit(config: &SandboxConfig) -> usize {
+    let transfer = usize::try_from(config.max_transfer_bytes).unwrap_or(usize::MAX);
+    (config.max_code_bytes.saturating_mul(6))
+        .max(transfer.saturating_mul(4) / 3)
+        .saturating_add(1 << 20)
+}
+
+/// Longest reply line the host accepts from the agent: a result with every field at its
+/// cap (both output streams and the text fields JSON-escaped at worst, images in base64),
+/// or the largest transfer in base64, plus framing. Anything longer is not the agent's.
+pub fn reply_line_limit(config: &SandboxConfig) -> usize {
+    let transfer = usize::try_from(config.max_transfer_bytes).unwrap_or(usize::MAX);
+    let result = config
+        .output_cap
+        .saturating_mul(12)
+        .saturating_add(7 * (VALUE_CAP + MESSAGE_CAP + TRACEBACK_CAP + (16 << 10)))
+        .saturating_add(MAX_IMAGE_BYTES * 4 / 3);
+    result
+        .max(transfer.saturating_mul(4) / 3)
+        .max(crate::mirror::PAGE_BYTES)
+        .saturating_add(1 << 20)
+}
 
 /// Label set on every container BioCage manages.
 pub const LABEL_MANAGED: &str = "org.biocage.managed";
@@ -95,12 +123,12 @@ pub struct ContainerSpec {
     pub binds: Vec<BindMount>,
     /// Memory limit for the cgroup (swap set equal), when the engine enforces it.
     pub memory_bytes: u64,
-    /// CPU limit in billionths of a core.
-    pub nano_cpus: i64,
+    /// CPU limit in cores.
+    pub cpus: f64,
     /// pids limit.
-    pub pids_limit: i64,
+    pub pids_limit: u32,
     /// /dev/shm size.
-    pub shm_bytes: i64,
+    pub shm_bytes: u64,
     /// Network enabled.
     pub network: bool,
     /// Hard and soft rlimits set by the engine (explicit: engine defaults may exceed the host's).
@@ -162,15 +190,31 @@ impl ContainerSpec {
                 ),
             },
         ];
+        let mut tmpfs = tmpfs;
+        // Read-write exposures are tmpfs of their own, mirrored to the host by the agent.
+        for e in config.exposures.iter().filter(|e| e.mode == ExposureMode::ReadWrite) {
+            tmpfs.push(TmpfsMount {
+                target: e.container.clone(),
+                options: format!(
+                    "rw,nosuid,nodev,noexec,size={},nr_inodes={},mode=0700{}",
+                    config.rw_exposure_bytes,
+                    config.rw_exposure_files,
+                    uid_gid
+                        .map(|(u, g)| format!(",uid={u},gid={g}"))
+                        .unwrap_or_default()
+                ),
+            });
+        }
         let binds = match staging {
             Some(st) => st.binds().to_vec(),
             None => config
                 .exposures
                 .iter()
+                .filter(|e| e.mode == ExposureMode::ReadOnly)
                 .map(|e| BindMount {
                     host: e.host.clone(),
                     target: e.container.clone(),
-                    read_only: e.mode == ExposureMode::ReadOnly,
+                    read_only: true,
                 })
                 .collect(),
         };
@@ -191,7 +235,15 @@ impl ContainerSpec {
             "workdir": config.workspace,
             "file_roots": file_roots,
             "pids_limit": config.pids_limit,
-            "umask": staging.is_some_and(Staging::needs_open_umask).then_some(0),
+            "value_cap": VALUE_CAP,
+            "message_cap": MESSAGE_CAP,
+            "traceback_cap": TRACEBACK_CAP,
+            "max_images": MAX_IMAGES,
+            "max_image_bytes": MAX_IMAGE_BYTES,
+            "max_image_pixels": MAX_IMAGE_PIXELS,
+            "max_code_bytes": config.max_code_bytes,
+            "request_cap": request_line_limit(config),
+            "deny_syscalls": plan.denied_syscalls,
         });
         Ok(ContainerSpec {
             name: format!("biocage-{session_id}"),
@@ -205,9 +257,9 @@ impl ContainerSpec {
             tmpfs,
             binds,
             memory_bytes: config.memory_bytes,
-            nano_cpus: (config.cpus * 1e9) as i64,
-            pids_limit: i64::from(config.pids_limit),
-            shm_bytes: config.shm_bytes as i64,
+            cpus: config.cpus,
+            pids_limit: config.pids_limit,
+            shm_bytes: config.shm_bytes,
             network: config.network,
             ulimits: vec![
                 ("nofile".into(), 4096),
@@ -219,6 +271,26 @@ impl ContainerSpec {
                 ("nproc".into(), 32768),
                 ("core".into(), 0),
             ],
+        })
+    }
+}
+
+impl ContainerSpec {
+    /// The cpu limit in billionths of a core (Docker's nano_cpus).
+    pub fn nano_cpus(&self) -> i64 {
+        // The config keeps cpus within 0.01..=1024, so this is at most 1.024e12.
+        #[allow(clippy::cast_possible_truncation)]
+        let nano = (self.cpus.clamp(0.0, 1024.0) * 1e9).round() as i64;
+        nano
+    }
+
+    /// A size as the signed 64-bit number engine APIs take; refused (never wrapped to a
+    /// negative value that an engine reads as "unlimited") when it does not fit.
+    pub fn signed(what: &'static str, bytes: u64) -> Result<i64> {
+        i64::try_from(bytes).map_err(|_| Error::InvalidConfig {
+            field: what,
+            value: bytes.to_string(),
+            reason: "too large for the engine; use at most 1t".into(),
         })
     }
 }

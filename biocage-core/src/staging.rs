@@ -1,17 +1,20 @@
-//! Host-side staging of exposures, so that ownership "just works" whatever uid the
-//! sandbox user maps to on the host (rootful Docker: 1000; rootless Podman: a subuid).
+//! Host-side staging of read-only exposures, so that the sandbox user can read them
+//! whatever uid it maps to on the host, and no one else can.
 //!
 //! - A read-only exposure that every user can already read (and reach) is bound as it is.
 //!   Otherwise (a private 0600 file, a 0700 folder) a snapshot copy is bound instead,
-//!   made readable by the sandbox user.
-//! - A read-write folder is bound through a staged copy that the sandbox user can write;
-//!   after every run and at close, what the sandbox changed there is mirrored back into
-//!   the host folder by this (host) process, so the results belong to the host user.
-//!   Symbolic links and special files made by sandbox code are never followed nor copied.
+//!   readable by the sandbox's host uid only: owned by it when this process is root,
+//!   or granted to it by an access-control entry when it is not. That uid is never a
+//!   host account (see [`crate::uids`]).
+//! - Read-write exposures are not staged here: they live in a size-capped tmpfs inside
+//!   the sandbox and are mirrored back through the agent (see [`crate::mirror`]), so
+//!   nothing a sandbox writes is ever on a host filesystem.
+//! - Sandboxes without network get generated `/etc/hosts` and `/etc/resolv.conf`:
+//!   nothing of the host's names or DNS servers.
 //!
-//! The staging folder lives in the host temp dir and is removed with the session.
+//! Staging folders live under [`runtime_dir`]`/staging`, are removed with the session,
+//! and those of processes that died are removed by [`remove_stale_staging`].
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -30,56 +33,55 @@ pub struct HostOwner {
     pub gid: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    len: u64,
-    mtime_ns: i128,
-}
-
-impl Stamp {
-    fn of(meta: &fs::Metadata) -> Self {
-        Stamp {
-            len: meta.len(),
-            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
-        }
-    }
-}
-
-/// A read-write folder mirrored between its staged copy and the host.
-#[derive(Debug)]
-struct Mirror {
-    host: PathBuf,
-    staged: PathBuf,
-    /// Staged files (relative path) as last mirrored.
-    files: BTreeMap<PathBuf, Stamp>,
-    /// Staged folders (relative path) as last mirrored.
-    dirs: Vec<PathBuf>,
-}
-
-/// What was mirrored back by [`Staging::sync_back`].
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct SyncReport {
-    /// Files copied to the host.
-    pub copied: usize,
-    /// Files and folders removed from the host (removed in the sandbox).
-    pub removed: usize,
-    /// Entries not mirrored (symbolic links, special files), as relative paths.
-    pub skipped: Vec<PathBuf>,
-    /// Entries that could not be mirrored, with the reason (tried again next time).
-    pub failed: Vec<(PathBuf, String)>,
-}
-
 /// The staged exposures of one session.
 #[derive(Debug)]
 pub struct Staging {
     dir: Option<tempfile::TempDir>,
     binds: Vec<BindMount>,
-    mirrors: Vec<Mirror>,
     owner: Option<HostOwner>,
 }
 
 fn io_err(action: String) -> impl FnOnce(io::Error) -> Error {
     move |e| Error::io(action, e)
+}
+
+/// BioCage's own folder for this host user: `/run/biocage` as root, else under
+/// `XDG_RUNTIME_DIR`, else in the temp dir; never listable by other users.
+pub fn runtime_dir() -> PathBuf {
+    if is_root() {
+        return PathBuf::from("/run/biocage");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if Path::new(&d).is_absolute() => Path::new(&d).join("biocage"),
+        // SAFETY: geteuid has no preconditions.
+        _ => std::env::temp_dir().join(format!("biocage-{}", unsafe { libc::geteuid() })),
+    }
+}
+
+fn staging_base() -> PathBuf {
+    runtime_dir().join("staging")
+}
+
+/// Removes the staging folders of processes that are gone (a host process killed before
+/// it could clean up); returns how many. Folders are named `biocage-PID-...`.
+pub fn remove_stale_staging() -> usize {
+    let Ok(entries) = fs::read_dir(staging_base()) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let pid = name
+            .strip_prefix("biocage-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if !Path::new(&format!("/proc/{pid}")).exists() && remove_any(&entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    removed
 }
 
 /// True when any user can reach and read `path` (and everything below it).
@@ -104,52 +106,57 @@ fn tree_readable(path: &Path) -> bool {
     }
 }
 
+/// `/etc/hosts` of a sandbox without network: loopback names only.
+const HOSTS: &str = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n";
+/// `/etc/resolv.conf` of a sandbox without network: no name server.
+const RESOLV: &str = "# no network in this sandbox\n";
+
 impl Staging {
-    /// Stages `exposures` for a sandbox user that is `owner` on the host (chown needs
-    /// root; without it, staged files are made accessible to every user instead, inside
-    /// a folder whose unguessable name only the engine is told).
-    pub fn prepare(exposures: &[Exposure], owner: Option<HostOwner>) -> Result<Self> {
+    /// Stages the read-only `exposures` (read-write ones are skipped: they are mirrored
+    /// through the agent) for a sandbox user that is `owner` on the host, and, without
+    /// `network`, the generated name-service files.
+    pub fn prepare(exposures: &[Exposure], owner: Option<HostOwner>, network: bool) -> Result<Self> {
         let mut staging = Staging {
             dir: None,
             binds: Vec::new(),
-            mirrors: Vec::new(),
             owner,
         };
         for (i, e) in exposures.iter().enumerate() {
+            if e.mode == ExposureMode::ReadWrite {
+                continue;
+            }
             let host = fs::canonicalize(&e.host)
                 .map_err(io_err(format!("resolving {}", e.host.display())))?;
-            let read_only = e.mode == ExposureMode::ReadOnly;
-            if read_only && readable_by_anyone(&host) {
+            if readable_by_anyone(&host) {
                 staging.binds.push(BindMount {
                     host,
                     target: e.container.clone(),
-                    read_only,
+                    read_only: true,
                 });
                 continue;
             }
             let staged = staging.root()?.join(format!("x{i}"));
-            staging.copy_in(&host, &staged, !read_only)?;
-            if !read_only {
-                let (files, dirs) = scan(&staged)?;
-                staging.mirrors.push(Mirror {
-                    host: host.clone(),
-                    staged: staged.clone(),
-                    files,
-                    dirs,
-                });
-            }
+            staging.copy_in(&host, &staged)?;
             staging.binds.push(BindMount {
                 host: staged,
                 target: e.container.clone(),
-                read_only,
+                read_only: true,
             });
         }
+        if !network {
+            for (name, text, target) in [("hosts", HOSTS, "/etc/hosts"), ("resolv.conf", RESOLV, "/etc/resolv.conf")] {
+                let path = staging.root()?.join(name);
+                fs::write(&path, text).map_err(io_err(format!("writing {}", path.display())))?;
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o644))
+                    .map_err(io_err(format!("protecting {}", path.display())))?;
+                staging.binds.push(BindMount {
+                    host: path,
+                    target: target.into(),
+                    read_only: true,
+                });
+            }
+        }
         Ok(staging)
-    }
-
-    /// Whether any read-write folder is mirrored (else [`Staging::sync_back`] has nothing to do).
-    pub fn mirrors_anything(&self) -> bool {
-        !self.mirrors.is_empty()
     }
 
     /// What the container must bind.
@@ -157,28 +164,24 @@ impl Staging {
         &self.binds
     }
 
-    /// Whether the sandbox should create files that every user can remove (staged
-    /// copies could not be given to the sandbox user).
-    pub fn needs_open_umask(&self) -> bool {
-        !self.mirrors.is_empty() && !self.chowned()
-    }
-
-    fn chowned(&self) -> bool {
-        self.owner.is_some() && is_root()
-    }
-
     fn root(&mut self) -> Result<PathBuf> {
         if self.dir.is_none() {
+            let base = staging_base();
+            crate::uids::create_private_dir(&base)?;
             let dir = tempfile::Builder::new()
                 .prefix(&format!("biocage-{}-", std::process::id()))
-                .tempdir()
+                .tempdir_in(&base)
                 .map_err(io_err("creating a staging folder".into()))?;
-            // Reachable, not listable: the engine (maybe another user) binds from inside.
-            fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o711))
+            // Reachable by the engine (maybe another user), never listable; as non-root,
+            // reachable by the sandbox's host uid alone (an access-control entry).
+            let mode = if is_root() { 0o711 } else { 0o700 };
+            fs::set_permissions(dir.path(), fs::Permissions::from_mode(mode))
                 .map_err(io_err("protecting the staging folder".into()))?;
+            if !is_root() {
+                self.grant(dir.path(), 0o1)?;
+            }
             self.dir = Some(dir);
         }
-        // Canonical: open_below compares it with the paths the kernel reports.
         let path = self
             .dir
             .as_ref()
@@ -187,27 +190,26 @@ impl Staging {
         fs::canonicalize(&path).map_err(io_err("resolving the staging folder".into()))
     }
 
-    fn give(&self, path: &Path, dir: bool, writable: bool) -> Result<()> {
-        let mode = match (self.chowned(), dir, writable) {
-            (true, true, _) => 0o700,
-            (true, false, _) => 0o600,
-            (false, true, true) => 0o777,
-            (false, true, false) => 0o755,
-            (false, false, true) => 0o666,
-            (false, false, false) => 0o644,
+    /// Gives `path` to the sandbox user alone: owned by it (as root), or owned by this
+    /// user with an access-control entry for it (`perm`: 4 read, 1 traverse).
+    fn grant(&self, path: &Path, perm: u16) -> Result<()> {
+        let Some(owner) = self.owner else {
+            return Err(Error::io(
+                format!("staging {}", path.display()),
+                io::Error::other("the sandbox user has no numeric host uid to give private copies to; expose a file every user can read, or set a numeric user"),
+            ));
         };
-        fs::set_permissions(path, fs::Permissions::from_mode(mode))
-            .map_err(io_err(format!("setting permissions of {}", path.display())))?;
-        if let (true, Some(o)) = (self.chowned(), self.owner) {
-            std::os::unix::fs::lchown(path, Some(o.uid), Some(o.gid)).map_err(io_err(format!(
-                "giving {} to the sandbox user",
-                path.display()
-            )))?;
+        if is_root() {
+            return std::os::unix::fs::lchown(path, Some(owner.uid), Some(owner.gid))
+                .map_err(io_err(format!("giving {} to the sandbox user", path.display())));
         }
-        Ok(())
+        set_user_acl(path, owner.uid, perm).map_err(io_err(format!(
+            "granting the sandbox user access to {} (the file system must support POSIX ACLs when BioCage does not run as root)",
+            path.display()
+        )))
     }
 
-    fn copy_in(&self, from: &Path, to: &Path, writable: bool) -> Result<()> {
+    fn copy_in(&self, from: &Path, to: &Path) -> Result<()> {
         let meta =
             fs::symlink_metadata(from).map_err(io_err(format!("reading {}", from.display())))?;
         if meta.is_dir() {
@@ -216,172 +218,67 @@ impl Staging {
                 fs::read_dir(from).map_err(io_err(format!("listing {}", from.display())))?
             {
                 let entry = entry.map_err(io_err(format!("listing {}", from.display())))?;
-                self.copy_in(&entry.path(), &to.join(entry.file_name()), writable)?;
+                self.copy_in(&entry.path(), &to.join(entry.file_name()))?;
             }
-            self.give(to, true, writable)
+            fs::set_permissions(to, fs::Permissions::from_mode(0o700))
+                .map_err(io_err(format!("protecting {}", to.display())))?;
+            self.grant(to, 0o5)
         } else if meta.is_file() {
             fs::copy(from, to).map_err(io_err(format!("staging {}", from.display())))?;
-            self.give(to, false, writable)
+            fs::set_permissions(to, fs::Permissions::from_mode(0o600))
+                .map_err(io_err(format!("protecting {}", to.display())))?;
+            self.grant(to, 0o4)
         } else {
             tracing::debug!("not staging {} (neither file nor folder)", from.display());
             Ok(())
         }
     }
+}
 
-    /// Mirrors what sandbox code changed in read-write exposures back to the host:
-    /// new and changed files copied (permission bits only: no setuid, no setgid),
-    /// removed ones removed. Never follows a link, never blocks on a FIFO, never reads
-    /// past the size it saw; an entry that fails is reported and tried again next time.
-    pub fn sync_back(&mut self) -> Result<SyncReport> {
-        let mut report = SyncReport::default();
-        for m in &mut self.mirrors {
-            let (files, dirs) = scan_reporting(&m.staged, &mut report.skipped)?;
-            for d in &dirs {
-                let target = m.host.join(d);
-                let made = match fs::symlink_metadata(&target) {
-                    Ok(meta) if meta.is_dir() => Ok(()),
-                    Ok(_) => remove_any(&target).and_then(|()| fs::create_dir_all(&target)),
-                    Err(_) => fs::create_dir_all(&target),
-                };
-                if let Err(e) = made {
-                    report.failed.push((d.clone(), e.to_string()));
-                }
-            }
-            let mut mirrored = BTreeMap::new();
-            for (rel, stamp) in &files {
-                if m.files.get(rel) == Some(stamp) {
-                    mirrored.insert(rel.clone(), *stamp);
-                    continue;
-                }
-                match copy_back(&m.staged, rel, stamp, &m.host.join(rel)) {
-                    Ok(()) => {
-                        report.copied += 1;
-                        mirrored.insert(rel.clone(), *stamp);
-                    }
-                    Err(e) => report.failed.push((rel.clone(), e.to_string())),
-                }
-            }
-            for rel in m.files.keys().filter(|k| !files.contains_key(*k)) {
-                let target = m.host.join(rel);
-                if fs::symlink_metadata(&target).is_ok() && fs::remove_file(&target).is_ok() {
-                    report.removed += 1;
-                }
-            }
-            // Deepest first, so that emptied parents can go too.
-            for rel in m.dirs.iter().rev().filter(|d| !dirs.contains(d)) {
-                if fs::remove_dir(m.host.join(rel)).is_ok() {
-                    report.removed += 1;
-                }
-            }
-            m.files = mirrored;
-            m.dirs = dirs;
-        }
-        Ok(report)
+/// Sets the access ACL of `path` to: owner as its mode says, `uid` with `perm`, nobody
+/// else (group and other none). The xattr layout is the kernel's posix_acl_xattr.
+fn set_user_acl(path: &Path, uid: u32, perm: u16) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let owner_perm = u16::try_from((fs::symlink_metadata(path)?.mode() >> 6) & 0o7).unwrap_or(0);
+    const UNDEFINED: u32 = u32::MAX;
+    // (tag, perm, id), sorted by tag: USER_OBJ, USER, GROUP_OBJ, MASK, OTHER.
+    let entries = [(0x01u16, owner_perm, UNDEFINED), (0x02, perm, uid), (0x04, 0, UNDEFINED), (0x10, perm, UNDEFINED), (0x20, 0, UNDEFINED)];
+    let mut blob = 2u32.to_le_bytes().to_vec();
+    for (tag, p, id) in entries {
+        blob.extend_from_slice(&tag.to_le_bytes());
+        blob.extend_from_slice(&p.to_le_bytes());
+        blob.extend_from_slice(&id.to_le_bytes());
+    }
+    let cpath = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: both pointers are to live, NUL-terminated or length-given buffers.
+    let rc = unsafe {
+        libc::lsetxattr(
+            cpath.as_ptr(),
+            c"system.posix_acl_access".as_ptr(),
+            blob.as_ptr().cast(),
+            blob.len(),
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
-/// Opens `root/rel` without following a link anywhere below `root`: the last component
-/// with O_NOFOLLOW, and the path the kernel really opened must be `root/rel` (a folder
-/// swapped for a link on the way shows up elsewhere). Non-blocking, so that a FIFO
-/// cannot stall the host; only a regular file (or a folder, with `dir`) is accepted.
-fn open_below(root: &Path, rel: &Path, dir: bool) -> io::Result<fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    use std::os::unix::io::AsRawFd;
-    let path = root.join(rel);
-    let mut flags = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
-    if dir {
-        flags |= libc::O_DIRECTORY;
-    }
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(flags)
-        .open(&path)?;
-    let real = fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
-    if real != path {
-        return Err(io::Error::other(format!(
-            "{} was moved while it was read",
-            path.display()
-        )));
-    }
-    let meta = file.metadata()?;
-    if (dir && !meta.is_dir()) || (!dir && !meta.is_file()) {
-        return Err(io::Error::other("not a regular file or folder"));
-    }
-    Ok(file)
-}
-
-/// Copies one staged file to `target` on the host, at most the size it was seen with,
-/// keeping only its permission bits.
-fn copy_back(root: &Path, rel: &Path, stamp: &Stamp, target: &Path) -> io::Result<()> {
-    use std::io::Read;
-    let src = open_below(root, rel, false)?;
-    let mode = src.metadata()?.mode() & 0o777;
-    if fs::symlink_metadata(target).is_ok_and(|t| !t.is_file()) {
-        remove_any(target)?;
-    }
-    let mut dst = fs::File::create(target)?;
-    io::copy(&mut src.take(stamp.len), &mut dst)?;
-    fs::set_permissions(target, fs::Permissions::from_mode(mode))
-}
-
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
-fn remove_any(path: &Path) -> io::Result<()> {
+/// Removes a file or a whole tree (staged copies of host folders: as deep as the host's own).
+pub(crate) fn remove_any(path: &Path) -> io::Result<()> {
     match fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => fs::remove_dir_all(path),
         Ok(_) => fs::remove_file(path),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }
-}
-
-type Scan = (BTreeMap<PathBuf, Stamp>, Vec<PathBuf>);
-
-fn scan(root: &Path) -> Result<Scan> {
-    scan_reporting(root, &mut Vec::new())
-}
-
-/// Regular files (with stamps) and folders below `root`, as relative paths, folders in
-/// pre-order; symbolic links and special files are listed in `skipped`, not followed.
-fn scan_reporting(root: &Path, skipped: &mut Vec<PathBuf>) -> Result<Scan> {
-    use std::os::unix::io::AsRawFd;
-    let mut files = BTreeMap::new();
-    let mut dirs = Vec::new();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        let dir = match open_below(root, &rel, true) {
-            Ok(d) => d,
-            Err(_) if !rel.as_os_str().is_empty() => {
-                skipped.push(rel);
-                continue;
-            }
-            Err(e) => return Err(Error::io(format!("listing {}", root.display()), e)),
-        };
-        // Listed through the open descriptor: what was verified is what is read.
-        let listing = format!("/proc/self/fd/{}", dir.as_raw_fd());
-        let entries = fs::read_dir(&listing)
-            .map_err(io_err(format!("listing {}", root.join(&rel).display())))?;
-        for entry in entries.flatten() {
-            let child = rel.join(entry.file_name());
-            match entry.file_type() {
-                Ok(t) if t.is_dir() => {
-                    dirs.push(child.clone());
-                    stack.push(child);
-                }
-                Ok(t) if t.is_file() => match entry.metadata() {
-                    Ok(m) => {
-                        files.insert(child, Stamp::of(&m));
-                    }
-                    Err(_) => skipped.push(child),
-                },
-                _ => skipped.push(child),
-            }
-        }
-    }
-    dirs.sort();
-    Ok((files, dirs))
 }
 
 #[cfg(test)]
@@ -396,122 +293,88 @@ mod tests {
         }
     }
 
+    const OWNER: HostOwner = HostOwner {
+        uid: 3_099_999,
+        gid: 3_099_999,
+    };
+
     #[test]
-    fn private_files_are_staged_and_public_ones_bound() {
+    fn private_files_are_staged_for_the_sandbox_user_alone() {
         let dir = tempfile::tempdir().unwrap();
         let private = dir.path().join("secret.txt");
         fs::write(&private, "s").unwrap();
         fs::set_permissions(&private, fs::Permissions::from_mode(0o600)).unwrap();
         let staging = Staging::prepare(
             &[exposure(&private, "/data/s.txt", ExposureMode::ReadOnly)],
-            None,
+            Some(OWNER),
+            true,
         )
         .unwrap();
         let bind = &staging.binds()[0];
         assert_ne!(bind.host, private, "a private file is copied");
         assert_eq!(fs::read_to_string(&bind.host).unwrap(), "s");
-        assert_eq!(fs::metadata(&bind.host).unwrap().mode() & 0o777, 0o644);
+        let meta = fs::metadata(&bind.host).unwrap();
+        assert_eq!(meta.mode() & 0o077, 0, "no group or other access");
+        if is_root() {
+            assert_eq!((meta.uid(), meta.gid()), (OWNER.uid, OWNER.gid));
+        }
+        let root = bind.host.parent().unwrap().to_path_buf();
+        assert!(root.starts_with(staging_base()));
+        assert_eq!(fs::metadata(&root).unwrap().mode() & 0o077, if is_root() { 0o011 } else { 0 });
+        drop(staging);
+        assert!(!root.exists(), "the staging folder goes with the session");
 
         let public = Path::new("/etc/hostname");
         if readable_by_anyone(public) {
             let staging =
-                Staging::prepare(&[exposure(public, "/h", ExposureMode::ReadOnly)], None).unwrap();
+                Staging::prepare(&[exposure(public, "/h", ExposureMode::ReadOnly)], None, true)
+                    .unwrap();
             assert_eq!(staging.binds()[0].host, public);
         }
     }
 
     #[test]
-    fn as_root_staged_copies_belong_to_the_sandbox_user() {
-        if !is_root() {
-            eprintln!("SKIPPED: chown of staged copies needs root");
-            return;
-        }
+    fn acl_grants_one_uid_only() {
         let dir = tempfile::tempdir().unwrap();
-        let private = dir.path().join("p");
-        fs::create_dir(&private).unwrap();
-        fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).unwrap();
-        fs::write(private.join("f"), "x").unwrap();
-        let owner = HostOwner {
-            uid: 200999,
-            gid: 200999,
-        };
-        let staging = Staging::prepare(
-            &[exposure(&private, "/in", ExposureMode::ReadWrite)],
-            Some(owner),
-        )
-        .unwrap();
-        let staged = &staging.binds()[0].host;
-        for p in [staged.clone(), staged.join("f")] {
-            let m = fs::metadata(&p).unwrap();
-            assert_eq!((m.uid(), m.gid()), (200999, 200999), "{}", p.display());
+        let f = dir.path().join("f");
+        fs::write(&f, "x").unwrap();
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).unwrap();
+        set_user_acl(&f, OWNER.uid, 4).unwrap();
+        let out = std::process::Command::new("getfacl")
+            .arg("-n")
+            .arg(&f)
+            .output();
+        if let Ok(out) = out {
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(text.contains(&format!("user:{}:r--", OWNER.uid)), "{text}");
+            assert!(text.contains("other::---"), "{text}");
         }
-        assert_eq!(
-            fs::metadata(staged.join("f")).unwrap().mode() & 0o777,
-            0o600
-        );
-        assert!(!staging.needs_open_umask());
+        assert_eq!(fs::metadata(&f).unwrap().mode() & 0o007, 0);
     }
 
     #[test]
-    fn hostile_entries_are_not_carried_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let host = dir.path().join("out");
-        fs::create_dir(&host).unwrap();
-        fs::write(host.join("res"), "was a file").unwrap();
-        let mut staging =
-            Staging::prepare(&[exposure(&host, "/out", ExposureMode::ReadWrite)], None).unwrap();
-        let staged = staging.binds()[0].host.clone();
-        // A setuid file, a file turned into a folder, a FIFO, a folder that is a link.
-        fs::write(staged.join("tool"), "#!/bin/sh").unwrap();
-        fs::set_permissions(staged.join("tool"), fs::Permissions::from_mode(0o6755)).unwrap();
-        fs::remove_file(staged.join("res")).unwrap();
-        fs::create_dir(staged.join("res")).unwrap();
-        fs::write(staged.join("res/a.csv"), "a").unwrap();
-        let fifo = std::ffi::CString::new(staged.join("pipe").to_str().unwrap()).unwrap();
-        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
-        std::os::unix::fs::symlink("/etc", staged.join("etc")).unwrap();
-        let report = staging.sync_back().unwrap();
-        assert!(report.failed.is_empty(), "{report:?}");
-        assert_eq!(
-            fs::metadata(host.join("tool")).unwrap().mode() & 0o7777,
-            0o755,
-            "no setuid on the host"
-        );
-        assert_eq!(fs::read_to_string(host.join("res/a.csv")).unwrap(), "a");
-        assert!(fs::symlink_metadata(host.join("pipe")).is_err());
-        assert!(fs::symlink_metadata(host.join("etc")).is_err());
-        assert!(!host.join("etc/passwd").exists());
+    fn without_network_name_service_files_are_generated() {
+        let staging = Staging::prepare(&[], None, false).unwrap();
+        let targets: Vec<&str> = staging.binds().iter().map(|b| b.target.as_str()).collect();
+        assert_eq!(targets, ["/etc/hosts", "/etc/resolv.conf"]);
+        let hosts = fs::read_to_string(&staging.binds()[0].host).unwrap();
+        assert!(hosts.contains("localhost") && !hosts.contains(&crate::spec::host_name()));
+        assert!(Staging::prepare(&[], None, true).unwrap().binds().is_empty());
     }
 
     #[test]
-    fn read_write_changes_are_mirrored_back_without_following_links() {
-        let dir = tempfile::tempdir().unwrap();
-        let host = dir.path().join("out");
-        fs::create_dir(&host).unwrap();
-        fs::write(host.join("keep.txt"), "k").unwrap();
-        fs::write(host.join("gone.txt"), "g").unwrap();
-        let mut staging =
-            Staging::prepare(&[exposure(&host, "/out", ExposureMode::ReadWrite)], None).unwrap();
-        let staged = staging.binds()[0].host.clone();
-        // What sandbox code would do:
-        fs::create_dir(staged.join("sub")).unwrap();
-        fs::write(staged.join("sub/new.txt"), "n").unwrap();
-        fs::remove_file(staged.join("gone.txt")).unwrap();
-        std::os::unix::fs::symlink("/etc/passwd", staged.join("link")).unwrap();
-        let report = staging.sync_back().unwrap();
-        assert_eq!(fs::read_to_string(host.join("sub/new.txt")).unwrap(), "n");
-        assert!(!host.join("gone.txt").exists());
-        assert!(host.join("keep.txt").exists());
-        assert!(
-            fs::symlink_metadata(host.join("link")).is_err(),
-            "links are not mirrored"
-        );
-        assert_eq!(report.skipped, vec![PathBuf::from("link")]);
-        assert_eq!(report.copied, 1);
-        let again = staging.sync_back().unwrap();
-        assert_eq!(again.copied, 0, "unchanged files are not copied again");
-        let root = staging.dir.as_ref().unwrap().path().to_path_buf();
-        drop(staging);
-        assert!(!root.exists(), "the staging folder goes with the session");
+    fn stale_staging_of_dead_processes_is_removed() {
+        let base = staging_base();
+        crate::uids::create_private_dir(&base).unwrap();
+        // A pid that cannot be alive: above the kernel's pid_max limit.
+        let stale = base.join("biocage-4194305-test");
+        fs::create_dir_all(stale.join("deep/er")).unwrap();
+        let mine = tempfile::Builder::new()
+            .prefix(&format!("biocage-{}-", std::process::id()))
+            .tempdir_in(&base)
+            .unwrap();
+        assert!(remove_stale_staging() >= 1);
+        assert!(!stale.exists());
+        assert!(mine.path().exists(), "a live process keeps its folder");
     }
 }

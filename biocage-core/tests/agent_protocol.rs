@@ -22,7 +22,11 @@ async fn agent(config: Value) -> (AgentChannel, Value, tokio::process::Child) {
         .expect("python3 on the host");
     let stdout = ReaderStream::new(child.stdout.take().unwrap()).boxed();
     let stdin = Box::pin(child.stdin.take().unwrap());
-    let (ch, hello) = AgentChannel::open(AgentStreams { stdout, stdin }, Duration::from_secs(20))
+    let (ch, hello) = AgentChannel::open(
+        AgentStreams { stdout, stdin },
+        Duration::from_secs(20),
+        64 << 20,
+    )
         .await
         .expect("hello");
     (ch, hello, child)
@@ -41,7 +45,7 @@ async fn run(ch: &AgentChannel, code: &str, timeout: f64) -> Value {
 async fn hello_run_state_and_result_fields() {
     let (ch, hello, _child) = agent(json!({"output_cap": 64})).await;
     assert_eq!(hello["op"], "hello");
-    assert_eq!(hello["agent_version"], 1);
+    assert_eq!(hello["agent_version"], 2);
     if cfg!(target_arch = "x86_64") {
         assert_eq!(
             hello["seccomp"], true,

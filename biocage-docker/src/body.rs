@@ -2,11 +2,14 @@
 
 use std::collections::HashMap;
 
-use biocage_core::ContainerSpec;
-use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, ResourcesUlimits};
+use biocage_core::{ContainerSpec, Result};
+use bollard::models::{
+    ContainerCreateBody, HostConfig, HostConfigCgroupnsModeEnum, HostConfigLogConfig,
+    ResourcesUlimits,
+};
 
 /// The create body for `spec`; cgroup limits applied when `cgroup_limits`.
-pub fn create_body(spec: &ContainerSpec, cgroup_limits: bool) -> ContainerCreateBody {
+pub fn create_body(spec: &ContainerSpec, cgroup_limits: bool) -> Result<ContainerCreateBody> {
     let tmpfs: HashMap<String, String> = spec
         .tmpfs
         .iter()
@@ -39,7 +42,7 @@ pub fn create_body(spec: &ContainerSpec, cgroup_limits: bool) -> ContainerCreate
         tmpfs: Some(tmpfs),
         cap_drop: Some(vec!["ALL".to_string()]),
         security_opt: Some(vec!["no-new-privileges".to_string()]),
-        shm_size: Some(spec.shm_bytes),
+        shm_size: Some(ContainerSpec::signed("shm size", spec.shm_bytes)?),
         // Logs of the container's main process are not kept: nothing can fill the disk.
         log_config: Some(HostConfigLogConfig {
             typ: Some("none".to_string()),
@@ -49,15 +52,18 @@ pub fn create_body(spec: &ContainerSpec, cgroup_limits: bool) -> ContainerCreate
         binds: (!binds.is_empty()).then_some(binds),
         auto_remove: Some(true),
         ipc_mode: Some("private".to_string()),
+        // The sandbox sees its own cgroup as the root, nothing of the host's hierarchy.
+        cgroupns_mode: Some(HostConfigCgroupnsModeEnum::PRIVATE),
         ..Default::default()
     };
     if cgroup_limits {
-        host.memory = Some(spec.memory_bytes as i64);
-        host.memory_swap = Some(spec.memory_bytes as i64);
-        host.nano_cpus = Some(spec.nano_cpus);
-        host.pids_limit = Some(spec.pids_limit);
+        let memory = ContainerSpec::signed("memory", spec.memory_bytes)?;
+        host.memory = Some(memory);
+        host.memory_swap = Some(memory);
+        host.nano_cpus = Some(spec.nano_cpus());
+        host.pids_limit = Some(i64::from(spec.pids_limit));
     }
-    ContainerCreateBody {
+    Ok(ContainerCreateBody {
         image: Some(spec.image.clone()),
         cmd: Some(spec.init_argv.clone()),
         entrypoint: Some(vec![]),
@@ -69,5 +75,5 @@ pub fn create_body(spec: &ContainerSpec, cgroup_limits: bool) -> ContainerCreate
         stop_signal: Some("SIGKILL".to_string()),
         host_config: Some(host),
         ..Default::default()
-    }
+    })
 }

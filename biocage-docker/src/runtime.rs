@@ -83,7 +83,7 @@ impl ContainerLauncher for DockerRuntime {
         };
         let created = self
             .docker
-            .create_container(Some(opts), create_body(spec, cgroup_limits))
+            .create_container(Some(opts), create_body(spec, cgroup_limits)?)
             .await
             .map_err(|e| Error::engine(ENGINE, format!("creating container {}", spec.name), e))?;
         if let Err(e) = self.docker.start_container(&created.id, None).await {

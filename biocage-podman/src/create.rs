@@ -1,6 +1,6 @@
 //! Translation of the engine-neutral [`ContainerSpec`] into libpod create options.
 
-use biocage_core::ContainerSpec;
+use biocage_core::{ContainerSpec, Result};
 use podman_api::models::{
     ContainerMount, LinuxCpu, LinuxMemory, LinuxPids, LinuxResources, LogConfig, Namespace,
     PosixRlimit,
@@ -8,7 +8,7 @@ use podman_api::models::{
 use podman_api::opts::ContainerCreateOpts;
 
 /// Create options for `spec`; cgroup limits set when the engine applies them.
-pub fn create_opts(spec: &ContainerSpec, cgroup_limits: bool) -> ContainerCreateOpts {
+pub fn create_opts(spec: &ContainerSpec, cgroup_limits: bool) -> Result<ContainerCreateOpts> {
     let mut mounts: Vec<ContainerMount> = spec
         .tmpfs
         .iter()
@@ -36,8 +36,8 @@ pub fn create_opts(spec: &ContainerSpec, cgroup_limits: bool) -> ContainerCreate
         .ulimits
         .iter()
         .map(|(name, v)| PosixRlimit {
-            hard: Some(*v as u64),
-            soft: Some(*v as u64),
+            hard: Some(u64::try_from(*v).unwrap_or(0)),
+            soft: Some(u64::try_from(*v).unwrap_or(0)),
             type_: Some(name.clone()),
         })
         .collect();
@@ -61,7 +61,7 @@ pub fn create_opts(spec: &ContainerSpec, cgroup_limits: bool) -> ContainerCreate
         .drop_capabilities(["ALL"])
         .mounts(mounts)
         .r_limits(rlimits)
-        .shm_size(spec.shm_bytes)
+        .shm_size(ContainerSpec::signed("shm size", spec.shm_bytes)?)
         .remove(true)
         .ipc_namespace(Namespace {
             nsmode: Some("private".into()),
@@ -71,7 +71,12 @@ pub fn create_opts(spec: &ContainerSpec, cgroup_limits: bool) -> ContainerCreate
             type_: Some("none".into()),
             config: None,
         })
-        .stop_signal(9);
+        .stop_signal(9)
+        // The sandbox sees its own cgroup as the root, nothing of the host's hierarchy.
+        .cgroup_namespace(Namespace {
+            nsmode: Some("private".into()),
+            value: None,
+        });
     if !spec.network {
         b = b.net_namespace(Namespace {
             nsmode: Some("none".into()),
@@ -79,20 +84,21 @@ pub fn create_opts(spec: &ContainerSpec, cgroup_limits: bool) -> ContainerCreate
         });
     }
     if cgroup_limits {
-        b = b.resource_limits(resources(spec));
+        b = b.resource_limits(resources(spec)?);
     }
-    b.build()
+    Ok(b.build())
 }
 
 /// cgroup limits: memory with swap equal to it (no swap), pids, cpu quota.
-fn resources(spec: &ContainerSpec) -> LinuxResources {
-    LinuxResources {
+fn resources(spec: &ContainerSpec) -> Result<LinuxResources> {
+    let memory = ContainerSpec::signed("memory", spec.memory_bytes)?;
+    Ok(LinuxResources {
         block_io: None,
         cpu: Some(LinuxCpu {
             cpus: None,
             mems: None,
             period: Some(100_000),
-            quota: Some(spec.nano_cpus / 10_000),
+            quota: Some(spec.nano_cpus() / 10_000),
             realtime_period: None,
             realtime_runtime: None,
             shares: None,
@@ -103,19 +109,19 @@ fn resources(spec: &ContainerSpec) -> LinuxResources {
             disable_oom_killer: None,
             kernel: None,
             kernel_tcp: None,
-            limit: Some(spec.memory_bytes as i64),
+            limit: Some(memory),
             reservation: None,
-            swap: Some(spec.memory_bytes as i64),
+            swap: Some(memory),
             swappiness: None,
             use_hierarchy: None,
         }),
         network: None,
         pids: Some(LinuxPids {
-            limit: Some(spec.pids_limit),
+            limit: Some(i64::from(spec.pids_limit)),
         }),
         rdma: None,
         unified: None,
-    }
+    })
 }
 
 /// Podman refuses tmpfs uid=/gid= options; its "U" option chowns the tmpfs to the

@@ -87,7 +87,7 @@ impl ContainerLauncher for PodmanRuntime {
         let created = self
             .podman
             .containers()
-            .create(&create_opts(spec, cgroup_limits))
+            .create(&create_opts(spec, cgroup_limits)?)
             .await
             .map_err(|e| self.engine_error(&format!("creating container {}", spec.name), e))?;
         let id = created.id;

@@ -67,6 +67,11 @@ conformance!(
     lifecycle::cancelled_caller_leaves_nothing,
     lifecycle::zombies_are_reaped,
     load::parallel_sessions_keep_results_apart,
+    hostile::planted_modules_never_run_in_the_agent,
+    hostile::forged_results_are_not_trusted,
+    hostile::unencodable_strings_keep_the_session,
+    hostile::result_fields_are_capped,
+    hostile::large_code_is_capped_and_linear,
 );
 
 #[rstest]

@@ -1,0 +1,202 @@
+//! Hostile code against the supervisor: planted modules, forged results, strings the
+//! host cannot parse, oversize fields and code. Each case is the attack itself.
+
+use std::time::{Duration, Instant};
+
+use biocage_core::{ErrorKind, SandboxRuntime};
+
+use crate::harness::{ok, run, run_for, session};
+
+/// Modules and `.pth` files planted in the workspace and the user site never run in an
+/// agent process: not in a new supervisor (after user code killed the old one), not in
+/// the kill helper, not in a fresh interpreter before its limits are set. An innocent
+/// `json.py` does not break the session.
+pub async fn planted_modules_never_run_in_the_agent(rt: &dyn SandboxRuntime) {
+    let s = session(rt).await;
+    let plant = r#"
+import os, sys, site
+marker = "/tmp/pwned"
+evil = "import os\nopen('%s-' + __name__ + '-' + str(os.getpid()), 'w').close()\n" % marker
+names = ["signal", "json", "resource", "select", "ctypes", "base64", "errno", "stat",
+         "codecs", "traceback", "linecache", "textwrap", "ast", "warnings", "io", "time"]
+for name in names:
+    with open(os.path.join(os.getcwd(), name + ".py"), "w") as f:
+        f.write(evil)
+user_site = site.getusersitepackages()
+os.makedirs(user_site, exist_ok=True)
+with open(os.path.join(user_site, "evil.pth"), "w") as f:
+    f.write("import os; open('%s-pth-' + str(os.getpid()), 'w').close()\n" % marker)
+print(os.getcwd(), user_site)
+"#;
+    ok(&run(s.as_ref(), plant).await);
+    // A fresh interpreter (restart), then a new supervisor (user code kills the old one,
+    // the host starts the kill helper and a new supervisor).
+    s.restart().await.unwrap();
+    let r = run(s.as_ref(), "import os\nos.kill(os.getppid(), 9)").await;
+    assert!(r.state_lost, "{}", r.to_json());
+    let r = run(
+        s.as_ref(),
+        r#"
+import os, resource
+print(sorted(n for n in os.listdir('/tmp') if n.startswith('pwned')))
+print('nproc', resource.getrlimit(resource.RLIMIT_NPROC)[0])
+print('data', resource.getrlimit(resource.RLIMIT_DATA)[0])
+ppid = os.getppid()
+status = open('/proc/%d/status' % ppid).read()
+print('supervisor', [l for l in status.splitlines() if l.startswith(('NoNewPrivs', 'Seccomp:'))])
+import json
+print('json ok', json.dumps({'a': 1}))
+"#,
+    )
+    .await;
+    let out = ok(&r);
+    assert!(out.contains("[]\n"), "planted code ran in an agent process: {out}");
+    assert!(out.contains("NoNewPrivs:\\t1"), "{out}");
+    assert!(out.contains("Seccomp:\\t2"), "{out}");
+    let info = s.info().await.unwrap();
+    if info.limits.iter().any(|l| l.name == "pids" && l.mechanism.contains("RLIMIT_NPROC")) {
+        assert!(out.contains("nproc 256"), "rlimits hold in a fresh interpreter: {out}");
+    }
+    // The user's own modules are importable in the user's interpreter, as in `python -i`.
+    assert!(out.contains("json ok"), "{out}");
+    ok(&run(s.as_ref(), "open('mymod.py', 'w').write('X = 7')").await);
+    let r = run(s.as_ref(), "import mymod\nmymod.X").await;
+    assert_eq!(r.value.as_deref(), Some("7"), "{}", r.to_json());
+    s.close().await.unwrap();
+}
+
+/// User code writes a forged reply onto the interpreter's result pipe: the supervisor
+/// validates and caps it, keeps timing the run, and the run's traceback stays in its run.
+pub async fn forged_results_are_not_trusted(rt: &dyn SandboxRuntime) {
+    let s = session(rt).await;
+    let forge = r#"
+import json, os, sys, time, base64
+f = sys._getframe()
+rid = None
+while f is not None:
+    if isinstance(f.f_locals.get('req'), dict):
+        rid = f.f_locals['req'].get('id')
+    f = f.f_back
+fake = {"id": rid, "error": None, "value": "V" * (5 << 20), "culled": 99,
+        "images": [{"mime": "text/html", "data": base64.b64encode(b"<script>x</script>").decode()}]}
+for fd in (201,):
+    try:
+        os.write(fd, (json.dumps(fake) + "\n").encode())
+    except OSError:
+        pass
+time.sleep(4)
+raise RuntimeError("late traceback of the forging run")
+"#;
+    let started = Instant::now();
+    let r = run_for(s.as_ref(), forge, 1.5).await;
+    assert_eq!(r.exit_code, 124, "the time limit holds: {}", r.to_json());
+    assert_eq!(r.error_kind(), Some(ErrorKind::Timeout));
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(r.value.as_deref().map_or(0, str::len) <= 70_000);
+    assert!(r.images.iter().all(|i| i.mime == "image/png"), "{:?}", r.images);
+    assert!(!r.stderr.contains("99 processes"), "{}", r.stderr);
+    let r = run(s.as_ref(), "print('next')").await;
+    assert_eq!(ok(&r), "next\n");
+    assert!(!r.stderr.contains("late traceback"), "{}", r.to_json());
+    s.close().await.unwrap();
+}
+
+/// Strings Python can hold but UTF-8 cannot (lone surrogates), NULs and escapes in every
+/// result field: the reply stays well-formed and the session keeps its state.
+pub async fn unencodable_strings_keep_the_session(rt: &dyn SandboxRuntime) {
+    let s = session(rt).await;
+    ok(&run(s.as_ref(), "kept = 41").await);
+    let bad = "b'\\xff'.decode('utf-8', 'surrogateescape')";
+    let started = Instant::now();
+    let r = run(s.as_ref(), &format!("raise ValueError({bad} + '\\x00end')")).await;
+    assert_eq!(r.error_kind(), Some(ErrorKind::Exception), "{}", r.to_json());
+    assert!(!r.state_lost);
+    let msg = &r.error.as_ref().unwrap().message;
+    assert!(msg.contains("udcff") && msg.contains("end"), "{msg:?}");
+    let r = run(
+        s.as_ref(),
+        &format!("class P:\n    def __repr__(self):\n        return {bad}\nP()"),
+    )
+    .await;
+    ok(&r);
+    assert!(r.value.as_deref().unwrap().contains("udcff"), "{}", r.to_json());
+    let r = run(
+        s.as_ref(),
+        &format!("import pandas as pd\npd.DataFrame({{'name': [{bad}]}})"),
+    )
+    .await;
+    ok(&r);
+    let r = run(
+        s.as_ref(),
+        &format!("import os\nopen({bad}, 'w').close()\nprint(os.listdir('.'))"),
+    )
+    .await;
+    ok(&r);
+    let names = s.read_file("/workspace").await;
+    assert!(names.is_err(), "a folder is not a file");
+    let r = run(s.as_ref(), "kept + 1").await;
+    assert_eq!(r.value.as_deref(), Some("42"), "state kept: {}", r.to_json());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "no run waited for a reply the host could not read"
+    );
+    s.close().await.unwrap();
+}
+
+/// Every field of a result has a cap: a 20 MB exception message, dozens of figures and
+/// huge figures come back capped and quickly, with the session's state kept.
+pub async fn result_fields_are_capped(rt: &dyn SandboxRuntime) {
+    let s = session(rt).await;
+    ok(&run(s.as_ref(), "kept = 1").await);
+    let started = Instant::now();
+    let r = run(s.as_ref(), "raise ValueError('A' * (20 << 20))").await;
+    let e = r.error.as_ref().unwrap();
+    assert_eq!(e.kind, ErrorKind::Exception);
+    assert!(e.message.len() <= 70_000, "message {}", e.message.len());
+    assert!(e.truncated, "the cut is flagged");
+    assert!(e.traceback.as_ref().unwrap().len() <= 300_000);
+    assert!(r.to_json().len() < 4 << 20, "reply {}", r.to_json().len());
+    let r = run(
+        s.as_ref(),
+        "import matplotlib.pyplot as plt\nfor i in range(40):\n    plt.figure()\n    plt.plot([i, 2])",
+    )
+    .await;
+    ok(&r);
+    assert!(r.images.len() <= 16, "{} images", r.images.len());
+    assert!(r.images_truncated);
+    let r = run(
+        s.as_ref(),
+        "import matplotlib.pyplot as plt\nfor i in range(10):\n    plt.figure(figsize=(20, 20), dpi=100)\n    plt.imshow([[i, 1], [2, 3]])",
+    )
+    .await;
+    ok(&r);
+    assert!(r.images_truncated, "figures over the pixel budget are skipped");
+    let r = run(s.as_ref(), "kept").await;
+    assert_eq!(r.value.as_deref(), Some("1"));
+    assert!(!r.state_lost);
+    assert!(
+        started.elapsed() < Duration::from_secs(45),
+        "{:?}",
+        started.elapsed()
+    );
+    s.close().await.unwrap();
+}
+
+/// Code has a size cap with a clear error above it; below it, a large request is read in
+/// linear time.
+pub async fn large_code_is_capped_and_linear(rt: &dyn SandboxRuntime) {
+    let s = session(rt).await;
+    ok(&run(s.as_ref(), "kept = 3").await);
+    let big = format!("s = '{}'\nprint(len(s))", "x".repeat(15 << 20));
+    let started = Instant::now();
+    let r = run(s.as_ref(), &big).await;
+    assert_eq!(ok(&r).trim(), (15 << 20).to_string());
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(20), "15 MiB of code took {took:?}");
+    let too_big = "#".repeat(17 << 20);
+    let err = s.run(&too_big).await.unwrap_err().to_string();
+    assert!(err.contains("code") && err.contains("16"), "{err}");
+    let r = run(s.as_ref(), "kept").await;
+    assert_eq!(r.value.as_deref(), Some("3"));
+    s.close().await.unwrap();
+}
