@@ -836,7 +836,7 @@ class Supervisor:
     def sync_op(self, op, req):
         rid = req.get("id")
         if op == "sync_begin":
-            self.mirror = Mirror(req.get("roots") or [], int(req.get("max_entries", 16384)),
+            self.mirror = Mirror(req.get("roots") or [], int(req.get("max_entries", 10000)),
                                  int(req.get("max_depth", 64)), int(req.get("max_path", 1024)))
             self.mirror.scan()
             return {"id": rid, "op": "ok"}
@@ -1290,6 +1290,7 @@ class Mirror:
         self.known = {}
         self.pending = []
         self.notes = {}
+        self.last_notes = {"skipped": 0, "too_deep": 0, "too_long": 0, "too_many": False}
 
     def scan(self):
         """The entries below every root now: {(root, rel): stamp}; notes what was left out."""
@@ -1300,43 +1301,48 @@ class Mirror:
                 rootfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
             except OSError:
                 continue
-            stack = [(rootfd, b"", 0)]
-            while stack:
-                fd, rel, depth = stack.pop()
+            # Depth first, holding one descriptor per level (at most max_depth open).
+            stack = [(rootfd, b"", 0, self._list(rootfd))]
+            while stack and not notes["too_many"]:
+                fd, rel, depth, entries = stack[-1]
+                if not entries:
+                    os.close(fd)
+                    stack.pop()
+                    continue
+                entry = entries.pop()
+                if len(found) >= self.max_entries:
+                    notes["too_many"] = True
+                    break
+                name = os.fsencode(entry.name)
+                child = rel + b"/" + name if rel else name
+                if len(child) > self.max_path:
+                    notes["too_long"] += 1
+                    continue
                 try:
-                    entries = list(os.scandir(fd))
+                    is_dir = entry.is_dir(follow_symlinks=False)  # from the listing: no stat
+                    st = None if is_dir else entry.stat(follow_symlinks=False)
                 except OSError:
-                    entries = []
-                for entry in entries:
-                    if len(found) >= self.max_entries:
-                        notes["too_many"] = True
-                        break
-                    name = os.fsencode(entry.name)
-                    child = rel + b"/" + name if rel else name
-                    if len(child) > self.max_path:
-                        notes["too_long"] += 1
+                    continue
+                if is_dir:
+                    if depth + 1 > self.max_depth:
+                        notes["too_deep"] += 1
                         continue
+                    found[(root, child)] = ("d", entry.inode(), 0, 0, 0, 0o700)
                     try:
-                        st = entry.stat(follow_symlinks=False)
+                        sub = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
                     except OSError:
                         continue
-                    if stat.S_ISDIR(st.st_mode):
-                        if depth + 1 > self.max_depth:
-                            notes["too_deep"] += 1
-                            continue
-                        found[(root, child)] = ("d", st.st_ino, 0, 0, 0, st.st_mode & 0o777)
-                        try:
-                            sub = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-                        except OSError:
-                            continue
-                        stack.append((sub, child, depth + 1))
-                    elif stat.S_ISREG(st.st_mode):
-                        found[(root, child)] = ("f", st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
-                                                st.st_mode & 0o777)
-                    else:
-                        notes["skipped"] += 1  # links, FIFOs, sockets, devices: never copied
+                    stack.append((sub, child, depth + 1, self._list(sub)))
+                elif stat.S_ISREG(st.st_mode):
+                    found[(root, child)] = ("f", st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                                            st.st_mode & 0o777)
+                else:
+                    notes["skipped"] += 1  # links, FIFOs, sockets, devices: never copied
+            for fd, _rel, _depth, _entries in stack:
                 os.close(fd)
-        self.notes = notes
+        # What was left out is said when it changes, not after every run.
+        self.notes = notes if notes != self.last_notes else {}
+        self.last_notes = notes
         changes = []
         for key, st in found.items():
             old = self.known.get(key)
@@ -1352,6 +1358,16 @@ class Mirror:
         changes.sort(key=lambda c: (c[0] == "gone", -c[1][1].count(b"/") if c[0] == "gone" else c[1][1].count(b"/")))
         self.known = found
         return changes
+
+    def _list(self, fd):
+        """The entries of the folder open at fd, reversed so that pop() goes in order."""
+        try:
+            with os.scandir(fd) as it:
+                entries = list(it)
+        except OSError:
+            return []
+        entries.reverse()
+        return entries
 
     def changes(self, more, page):
         """One page of changes: a new scan, or (`more`) the rest of the last one."""

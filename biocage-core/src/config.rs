@@ -139,7 +139,7 @@ impl Default for SandboxConfig {
             orphan_grace: Duration::from_secs(10),
             max_code_bytes: 16 << 20,
             rw_exposure_bytes: 256 << 20,
-            rw_exposure_files: 16384,
+            rw_exposure_files: 10_000,
         }
     }
 }

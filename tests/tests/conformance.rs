@@ -72,6 +72,10 @@ conformance!(
     hostile::unencodable_strings_keep_the_session,
     hostile::result_fields_are_capped,
     hostile::large_code_is_capped_and_linear,
+    host::rw_exposures_cannot_reach_the_host,
+    host::rw_exposure_shapes_cost_little,
+    host::sandbox_uids_are_private,
+    host::no_view_of_the_host,
 );
 
 #[rstest]

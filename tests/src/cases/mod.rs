@@ -3,6 +3,7 @@
 pub mod crashes;
 pub mod errors;
 pub mod files;
+pub mod host;
 pub mod hostile;
 pub mod lifecycle;
 pub mod limits;

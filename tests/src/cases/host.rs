@@ -1,0 +1,254 @@
+//! What sandbox code could do to the host through exposures, uids and shared kernel
+//! state. Each case is the attack itself.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::time::{Duration, Instant};
+
+use biocage_core::SandboxRuntime;
+
+use crate::harness::{config_builder, ok, run};
+
+fn host_accounts() -> Vec<u32> {
+    std::fs::read_to_string("/etc/passwd")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(':').nth(2)?.parse().ok())
+        .collect()
+}
+
+/// The host uid of a container uid on `rt` (rootless engines map through subuids).
+async fn host_uid(rt: &dyn SandboxRuntime, uid: u32) -> u32 {
+    let caps = rt.capabilities().await.unwrap();
+    biocage_core::limits::map_id(&caps.uid_map, uid).unwrap()
+}
+
+/// A read-write exposure cannot plant setuid binaries or links on the host, fill its
+/// disk (a 4 GiB sparse file, a flood past the cap), or leave files other users can read.
+pub async fn rw_exposures_cannot_reach_the_host(rt: &dyn SandboxRuntime) {
+    let out = tempfile::tempdir().unwrap();
+    std::fs::write(out.path().join("old.txt"), "from the host").unwrap();
+    let config = config_builder(rt)
+        .await
+        .expose_rw(out.path(), "/data/out")
+        .rw_exposure_bytes(32 << 20)
+        .build()
+        .unwrap();
+    let s = rt.create_session(&config).await.unwrap();
+    let r = run(
+        s.as_ref(),
+        r#"
+import os, shutil
+print(open('/data/out/old.txt').read())
+shutil.copy('/usr/bin/python3', '/data/out/py')
+os.chmod('/data/out/py', 0o6755)
+os.symlink('/etc/passwd', '/data/out/link')
+with open('/data/out/sparse', 'wb') as f:
+    f.truncate(4 << 30)
+try:
+    with open('/data/out/flood', 'wb') as f:
+        for _ in range(300):
+            f.write(b'x' * (1 << 20))
+    print('flood fit')
+except OSError as e:
+    print('flood stopped', e.errno)
+print([l.split()[4:5] + l.split()[-3:-2] for l in open('/proc/self/mountinfo') if ' /data/out ' in l])
+"#,
+    )
+    .await;
+    let text = ok(&r).to_string();
+    assert!(text.contains("from the host"), "{text}");
+    assert!(text.contains("flood stopped 28"), "ENOSPC inside the sandbox: {text}");
+    assert!(text.contains("tmpfs"), "the exposure is a tmpfs in the sandbox: {text}");
+    let py = std::fs::metadata(out.path().join("py")).unwrap();
+    assert_eq!(py.mode() & 0o7000, 0, "no setuid or setgid on the host");
+    assert_eq!(py.mode() & 0o077, 0, "no other host user can read or run it");
+    assert_eq!(py.uid(), std::fs::metadata("/proc/self").unwrap().uid());
+    assert!(std::fs::symlink_metadata(out.path().join("link")).is_err());
+    let used: u64 = std::fs::read_dir(out.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.metadata().unwrap().blocks() * 512)
+        .sum();
+    assert!(used < 80 << 20, "host disk used by the exposure: {used} bytes");
+    if let Ok(m) = std::fs::metadata(out.path().join("sparse")) {
+        assert!(m.blocks() * 512 < 1 << 20, "a sparse file stays sparse");
+    } else {
+        assert!(
+            r.stderr.contains("apparent size"),
+            "an uncopied file is reported: {}",
+            r.stderr
+        );
+    }
+    s.close().await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("old.txt")).unwrap(),
+        "from the host"
+    );
+}
+
+/// Many folders and deep nesting in a read-write exposure: later runs stay fast, what
+/// is too deep is reported instead of copied, and close leaves nothing behind.
+pub async fn rw_exposure_shapes_cost_little(rt: &dyn SandboxRuntime) {
+    let out = tempfile::tempdir().unwrap();
+    let config = config_builder(rt)
+        .await
+        .expose_rw(out.path(), "/data/out")
+        .build()
+        .unwrap();
+    let s = rt.create_session(&config).await.unwrap();
+    let r = run(
+        s.as_ref(),
+        r#"
+import os
+os.chdir('/data/out')
+for i in range(1500):
+    os.mkdir('n')
+    os.chdir('n')
+os.chdir('/workspace')
+"#,
+    )
+    .await;
+    ok(&r);
+    assert!(
+        r.stderr.contains("deeper than 64"),
+        "deep nesting is reported: {}",
+        r.stderr
+    );
+    let r = run(
+        s.as_ref(),
+        r#"
+import os
+made = 0
+try:
+    for i in range(20000):
+        os.mkdir('/data/out/d%05d' % i)
+        made += 1
+except OSError as e:
+    print('stopped', e.errno)
+print('made', made)
+"#,
+    )
+    .await;
+    let made = ok(&r).to_string();
+    assert!(
+        made.contains("stopped 28") || r.stderr.contains("file-count cap"),
+        "the file cap holds, inside (ENOSPC) or at copy-back: {made} {}",
+        r.stderr
+    );
+    assert!(r.stderr.len() < 4096, "notes are short: {}", r.stderr.len());
+    let started = Instant::now();
+    for _ in 0..3 {
+        ok(&run(s.as_ref(), "1").await);
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(15),
+        "three trivial runs after the flood took {took:?}"
+    );
+    s.close().await.unwrap();
+    let depth = walkdepth(out.path());
+    assert!(depth <= 65, "copied back at most 64 levels: {depth}");
+}
+
+fn walkdepth(p: &std::path::Path) -> usize {
+    let mut depth = 0;
+    let mut cur = p.to_path_buf();
+    while cur.join("n").is_dir() {
+        cur = cur.join("n");
+        depth += 1;
+    }
+    depth
+}
+
+/// The sandbox's uid is no host account, distinct for every live session, and staged
+/// private files are readable by that uid alone.
+pub async fn sandbox_uids_are_private(rt: &dyn SandboxRuntime) {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret.txt");
+    std::fs::write(&secret, "s3cret").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = config_builder(rt)
+        .await
+        .expose(&secret, "/data/secret.txt")
+        .env("API_KEY", "k-123")
+        .build()
+        .unwrap();
+    let mut sessions = Vec::new();
+    for _ in 0..6 {
+        sessions.push(rt.create_session(&config).await.unwrap());
+    }
+    let accounts = host_accounts();
+    let mut uids = Vec::new();
+    for s in &sessions {
+        let r = run(
+            s.as_ref(),
+            "import os\nprint(os.getuid(), open('/data/secret.txt').read())",
+        )
+        .await;
+        let out = ok(&r).to_string();
+        let uid: u32 = out.split_whitespace().next().unwrap().parse().unwrap();
+        assert!(out.contains("s3cret"), "{out}");
+        let host = host_uid(rt, uid).await;
+        assert!(!accounts.contains(&host), "host uid {host} is a host account");
+        uids.push(host);
+    }
+    // The staged copies belong to those uids alone.
+    let base = biocage_core::staging::runtime_dir().join("staging");
+    let mine = format!("biocage-{}-", std::process::id());
+    let mut staged = 0;
+    for entry in std::fs::read_dir(&base).unwrap().flatten() {
+        let copy = entry.path().join("x0");
+        if !entry.file_name().to_string_lossy().starts_with(&mine) || !copy.exists() {
+            continue;
+        }
+        let m = std::fs::metadata(&copy).unwrap();
+        if std::fs::read_to_string(&copy).ok().as_deref() == Some("s3cret") || m.uid() != 0 {
+            assert!(uids.contains(&m.uid()), "staged copy owned by {}", m.uid());
+            assert_eq!(m.mode() & 0o077, 0, "no group or other access");
+            staged += 1;
+        }
+    }
+    assert!(staged >= uids.len(), "{staged} staged copies found in {}", base.display());
+    let mut distinct = uids.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), uids.len(), "uids: {uids:?}");
+    for s in sessions {
+        s.close().await.unwrap();
+    }
+}
+
+/// No view of the host: a private cgroup namespace (no other container's id, no host
+/// path), and name-service files generated for the sandbox.
+pub async fn no_view_of_the_host(rt: &dyn SandboxRuntime) {
+    let config = config_builder(rt).await.build().unwrap();
+    let other = rt.create_session(&config).await.unwrap();
+    let other_id = other.info().await.unwrap().container_id;
+    let s = rt.create_session(&config).await.unwrap();
+    let r = run(
+        s.as_ref(),
+        r#"
+import os
+print('cgroup', sorted(set(l.strip().split(':', 2)[2] for l in open('/proc/self/cgroup'))))
+seen = []
+for top, dirs, files in os.walk('/sys/fs/cgroup'):
+    seen.extend(dirs)
+    if len(seen) > 5000:
+        break
+print('dirs', ' '.join(seen))
+print('hosts', repr(open('/etc/hosts').read()))
+print('resolv', repr(open('/etc/resolv.conf').read()))
+"#,
+    )
+    .await;
+    let out = ok(&r).to_string();
+    assert!(out.contains("cgroup ['/']"), "{out}");
+    assert!(!out.contains(&other_id[..12]), "another sandbox is visible: {out}");
+    let hosts = out.lines().find(|l| l.starts_with("hosts")).unwrap();
+    assert!(hosts.contains("localhost"), "{hosts}");
+    assert!(!hosts.contains(&biocage_core::spec::host_name()), "{hosts}");
+    let resolv = out.lines().find(|l| l.starts_with("resolv")).unwrap();
+    assert!(!resolv.contains("nameserver"), "{resolv}");
+    s.close().await.unwrap();
+    other.close().await.unwrap();
+}
