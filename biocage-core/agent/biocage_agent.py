@@ -345,10 +345,11 @@ class Worker:
 
     def handle(self, req):
         for pid in req.get("reap") or ():
-            # Processes the supervisor culled after the last run: children of this one.
+            # Processes the supervisor culled (SIGKILL) after the last run: those that were
+            # children of this one are reaped before the run starts.
             try:
-                os.waitpid(pid, os.WNOHANG)
-            except OSError:
+                os.waitpid(pid, 0)
+            except (OSError, TypeError, OverflowError):
                 pass
         self.restore_stdio()
         self.cell += 1
