@@ -451,3 +451,23 @@ impl Drop for AgentSession {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_supervisor_without_its_filter_is_refused_unless_allowed() {
+        let good = json!({"seccomp": true, "no_new_privs": true});
+        assert!(check_hardening(&good, false).is_ok());
+        for bad in [
+            json!({"seccomp": false, "no_new_privs": true}),
+            json!({"seccomp": true, "no_new_privs": false}),
+            json!({}),
+        ] {
+            let err = check_hardening(&bad, false).unwrap_err().to_string();
+            assert!(err.contains("allow_unenforced_limits"), "{err}");
+            assert!(check_hardening(&bad, true).is_ok());
+        }
+    }
+}

@@ -116,3 +116,45 @@ async fn a_dead_agent_closes_the_channel() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn an_oversize_reply_fails_its_request_and_the_channel_goes_on() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let (host_out, agent_in) = tokio::io::duplex(1 << 16);
+    let (mut agent_out, host_in) = tokio::io::duplex(1 << 16);
+    let fake_agent = tokio::spawn(async move {
+        agent_out.write_all(b"{\"op\":\"hello\"}\n").await.unwrap();
+        let mut requests = BufReader::new(agent_in);
+        let mut line = String::new();
+        requests.read_line(&mut line).await.unwrap();
+        // A forged 8 MiB reply to request 1, in small chunks, then a normal one to 2.
+        agent_out.write_all(b"{\"id\":1,\"op\":\"result\",\"stdout\":\"").await.unwrap();
+        for _ in 0..128 {
+            agent_out.write_all(&[b'a'; 64 << 10]).await.unwrap();
+        }
+        agent_out.write_all(b"\"}\n").await.unwrap();
+        line.clear();
+        requests.read_line(&mut line).await.unwrap();
+        agent_out.write_all(b"{\"id\":2,\"op\":\"ok\"}\n").await.unwrap();
+        agent_out
+    });
+    let streams = AgentStreams {
+        stdout: ReaderStream::new(host_in).boxed(),
+        stdin: Box::pin(host_out),
+    };
+    let (ch, _) = AgentChannel::open(streams, Duration::from_secs(10), 1 << 20)
+        .await
+        .unwrap();
+    let r = ch
+        .request(json!({"op": "run", "code": "1"}), Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(r["op"], "error", "{r}");
+    assert!(r["message"].as_str().unwrap().contains("over"), "{r}");
+    let r = ch
+        .request(json!({"op": "ping"}), Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(r["op"], "ok", "the channel goes on: {r}");
+    drop(fake_agent.await.unwrap());
+}
