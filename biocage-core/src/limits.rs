@@ -94,7 +94,19 @@ pub struct LimitPlan {
     /// kernel resources this engine cannot bound per session.
     #[serde(default)]
     pub denied_syscalls: Vec<String>,
+    /// The engine runs without root: its user namespace maps the sandbox's uids to
+    /// subordinate ids of one host user, who is charged for per-user kernel counters.
+    #[serde(default)]
+    pub rootless: bool,
+    /// The engine applies cgroup limits (memory, pids, cpu) to the container.
+    #[serde(default)]
+    pub cgroup_limits: bool,
 }
+
+/// Address space each sandbox process may have beyond the memory limit where only
+/// rlimits hold memory: numpy, pandas and matplotlib with a few threads reserve far
+/// more address space than they use.
+pub const ADDRESS_SPACE_HEADROOM: u64 = 512 << 20;
 
 impl LimitPlan {
     /// The plan for `config` on an engine with `caps`; refuses a limit nobody can hold
@@ -139,12 +151,23 @@ impl LimitPlan {
             ));
         } else {
             rlimits.insert("data".into(), config.memory_bytes);
+            rlimits.insert("as".into(), config.memory_bytes + ADDRESS_SPACE_HEADROOM);
             rlimits.insert("nproc".into(), u64::from(config.pids_limit));
+            if !config.allow_unenforced_limits {
+                return Err(Error::UnenforceableLimit {
+                    limit: "memory",
+                    engine: caps.engine.clone(),
+                    reason: format!(
+                        "the engine cannot apply cgroup limits here (rootless: {}, cgroup v{}); rlimits bound each process, not the sandbox's sum, nor kernel memory such as socket buffers",
+                        caps.rootless, caps.cgroup_version
+                    ),
+                });
+            }
             limits.push(status(
                 "memory",
                 memory,
-                Enforcement::Rlimit,
-                "RLIMIT_DATA on each process of the sandbox, not on their sum (allocation fails with MemoryError)",
+                Enforcement::Unenforced,
+                "not enforced for the sandbox as a whole: each process is bounded (RLIMIT_DATA, RLIMIT_AS with 512m headroom: MemoryError), memfd is refused, SysV shared memory and tmpfs are capped; the sum over processes and kernel buffers are not",
             ));
             limits.push(status(
                 "swap",
@@ -259,6 +282,8 @@ impl LimitPlan {
             limits,
             rlimits,
             denied_syscalls,
+            rootless: !caps.uid_map.is_empty(),
+            cgroup_limits: caps.cgroup_limits,
         })
     }
 
@@ -299,13 +324,18 @@ mod tests {
     #[test]
     fn without_cgroups_memory_and_pids_use_rlimits_and_cpu_is_refused() {
         let err = LimitPlan::new(&caps(false), &SandboxConfig::default()).unwrap_err();
-        assert!(err.to_string().contains("cpu"), "{err}");
+        assert!(err.to_string().contains("memory"), "{err}");
         let config = SandboxConfig::builder()
             .allow_unenforced_limits(true)
             .build()
             .unwrap();
         let plan = LimitPlan::new(&caps(false), &config).unwrap();
-        assert_eq!(plan.get("memory").unwrap().enforcement, Enforcement::Rlimit);
+        assert_eq!(
+            plan.get("memory").unwrap().enforcement,
+            Enforcement::Unenforced
+        );
+        assert_eq!(plan.rlimits["as"], (512 << 20) + ADDRESS_SPACE_HEADROOM);
+        assert!(plan.denied_syscalls.contains(&"memfd_create".to_string()));
         assert_eq!(plan.get("pids").unwrap().enforcement, Enforcement::Rlimit);
         assert_eq!(
             plan.get("cpu").unwrap().enforcement,

@@ -133,6 +133,11 @@ pub struct ContainerSpec {
     pub network: bool,
     /// Hard and soft rlimits set by the engine (explicit: engine defaults may exceed the host's).
     pub ulimits: Vec<(String, i64)>,
+    /// Paths hidden (a null device or an empty read-only folder over them) besides the
+    /// engine's own list.
+    pub masked_paths: Vec<String>,
+    /// Kernel settings of the container's own namespaces (IPC).
+    pub sysctls: BTreeMap<String, String>,
 }
 
 impl ContainerSpec {
@@ -191,6 +196,16 @@ impl ContainerSpec {
             },
         ];
         let mut tmpfs = tmpfs;
+        // Small and explicit: a rootless engine's read-only mode would otherwise mount
+        // these writable with half the host's memory as their size.
+        tmpfs.push(TmpfsMount {
+            target: "/run".into(),
+            options: "rw,nosuid,nodev,noexec,size=1048576,mode=0755".into(),
+        });
+        tmpfs.push(TmpfsMount {
+            target: "/var/tmp".into(),
+            options: format!("rw,nosuid,nodev,size={},nr_inodes=1024,mode=1777", 16 << 20),
+        });
         // Read-write exposures are tmpfs of their own, mirrored to the host by the agent.
         for e in config.exposures.iter().filter(|e| e.mode == ExposureMode::ReadWrite) {
             tmpfs.push(TmpfsMount {
@@ -270,7 +285,25 @@ impl ContainerSpec {
                 // conmon holds that hard limit here, and no value above it can be set.
                 ("nproc".into(), 32768),
                 ("core".into(), 0),
+                // POSIX message queues are charged per user: on a rootless engine, to the
+                // engine's host user that every session shares.
+                ("msgqueue".into(), if plan.rootless { 0 } else { 819_200 }),
             ],
+            // Every session opening pseudo-terminals draws from one host-wide quota:
+            // none in the sandbox. Without cgroup limits, the host's cgroup hierarchy
+            // (other containers' ids and usage) would show: hidden.
+            masked_paths: ["/dev/ptmx", "/dev/pts/ptmx"]
+                .into_iter()
+                .chain((!plan.cgroup_limits).then_some("/sys/fs/cgroup"))
+                .map(String::from)
+                .collect(),
+            // SysV shared memory lives in the container's IPC namespace, bounded here by
+            // the size of /dev/shm (a rootless engine counts it against nothing else).
+            sysctls: BTreeMap::from([
+                ("kernel.shmmax".to_string(), config.shm_bytes.to_string()),
+                ("kernel.shmall".to_string(), (config.shm_bytes / 4096).to_string()),
+                ("kernel.shmmni".to_string(), "64".to_string()),
+            ]),
         })
     }
 }

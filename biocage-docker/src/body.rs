@@ -8,6 +8,20 @@ use bollard::models::{
     ResourcesUlimits,
 };
 
+/// Docker's own masked paths (Engine 20.10): kept when the spec adds to them.
+const DEFAULT_MASKED_PATHS: &[&str] = &[
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+];
+
 /// The create body for `spec`; cgroup limits applied when `cgroup_limits`.
 pub fn create_body(spec: &ContainerSpec, cgroup_limits: bool) -> Result<ContainerCreateBody> {
     let tmpfs: HashMap<String, String> = spec
@@ -54,6 +68,15 @@ pub fn create_body(spec: &ContainerSpec, cgroup_limits: bool) -> Result<Containe
         ipc_mode: Some("private".to_string()),
         // The sandbox sees its own cgroup as the root, nothing of the host's hierarchy.
         cgroupns_mode: Some(HostConfigCgroupnsModeEnum::PRIVATE),
+        // Setting masked paths replaces the engine's list: its defaults, then ours.
+        masked_paths: Some(
+            DEFAULT_MASKED_PATHS
+                .iter()
+                .map(|p| p.to_string())
+                .chain(spec.masked_paths.iter().cloned())
+                .collect(),
+        ),
+        sysctls: Some(spec.sysctls.clone().into_iter().collect()),
         ..Default::default()
     };
     if cgroup_limits {

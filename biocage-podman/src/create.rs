@@ -72,6 +72,8 @@ pub fn create_opts(spec: &ContainerSpec, cgroup_limits: bool) -> Result<Containe
             config: None,
         })
         .stop_signal(9)
+        .mask(spec.masked_paths.clone())
+        .sysctl(spec.sysctls.clone())
         // The sandbox sees its own cgroup as the root, nothing of the host's hierarchy.
         .cgroup_namespace(Namespace {
             nsmode: Some("private".into()),

@@ -76,6 +76,8 @@ conformance!(
     host::rw_exposure_shapes_cost_little,
     host::sandbox_uids_are_private,
     host::no_view_of_the_host,
+    host::kernel_counters_are_not_shared,
+    host::shared_memory_is_bounded,
 );
 
 #[rstest]

@@ -244,6 +244,11 @@ print('resolv', repr(open('/etc/resolv.conf').read()))
     let out = ok(&r).to_string();
     assert!(out.contains("cgroup ['/']"), "{out}");
     assert!(!out.contains(&other_id[..12]), "another sandbox is visible: {out}");
+    let dirs = out.lines().find(|l| l.starts_with("dirs")).unwrap();
+    assert!(
+        !dirs.split_whitespace().any(|d| d == "docker" || d == "libpod_parent" || (d.len() == 64 && d.chars().all(|c| c.is_ascii_hexdigit()))),
+        "other containers' cgroups are visible: {dirs}"
+    );
     let hosts = out.lines().find(|l| l.starts_with("hosts")).unwrap();
     assert!(hosts.contains("localhost"), "{hosts}");
     assert!(!hosts.contains(&biocage_core::spec::host_name()), "{hosts}");
@@ -251,4 +256,117 @@ print('resolv', repr(open('/etc/resolv.conf').read()))
     assert!(!resolv.contains("nameserver"), "{resolv}");
     s.close().await.unwrap();
     other.close().await.unwrap();
+}
+
+/// Host-wide and per-user kernel counters: pseudo-terminals (one quota for the whole
+/// host) are not available in a sandbox; inotify instances used up in one session
+/// leave another's untouched, or (rootless engines, which charge them to their own
+/// host user) are refused.
+pub async fn kernel_counters_are_not_shared(rt: &dyn SandboxRuntime) {
+    let config = config_builder(rt).await.build().unwrap();
+    let a = rt.create_session(&config).await.unwrap();
+    let b = rt.create_session(&config).await.unwrap();
+    let ptys_before = std::fs::read_to_string("/proc/sys/kernel/pty/nr").unwrap();
+    let r = run(
+        a.as_ref(),
+        r#"
+import os, ctypes
+opened = 0
+for _ in range(50):
+    try:
+        os.openpty()
+        opened += 1
+    except OSError:
+        pass
+libc = ctypes.CDLL(None, use_errno=True)
+held = []
+for _ in range(200):
+    fd = libc.inotify_init1(0)
+    if fd < 0:
+        break
+    held.append(fd)
+print('ptys', opened, 'inotify', len(held))
+"#,
+    )
+    .await;
+    let out = ok(&r).to_string();
+    assert!(out.contains("ptys 0 "), "{out}");
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/pty/nr").unwrap(),
+        ptys_before,
+        "the host-wide pty count did not move"
+    );
+    let held: usize = out.split_whitespace().last().unwrap().parse().unwrap();
+    let info = a.info().await.unwrap();
+    let inotify = info.limits.iter().find(|l| l.name == "inotify").unwrap();
+    let r = run(
+        b.as_ref(),
+        "import ctypes\nprint(ctypes.CDLL(None, use_errno=True).inotify_init1(0) >= 0)",
+    )
+    .await;
+    if inotify.value == "none" {
+        assert_eq!(held, 0, "refused on this engine: {out}");
+        assert_eq!(ok(&r).trim(), "False");
+    } else {
+        assert!(held <= 128, "{out}");
+        assert_eq!(ok(&r).trim(), "True", "the other session still has its own");
+    }
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}
+
+/// Shared memory cannot get past the memory limit: a 2 GiB shared mapping, memfd and
+/// SysV segments are refused or end as out of memory, and the session lives on.
+pub async fn shared_memory_is_bounded(rt: &dyn SandboxRuntime) {
+    let config = config_builder(rt).await.memory("256m").build().unwrap();
+    let s = rt.create_session(&config).await.unwrap();
+    let r = run(
+        s.as_ref(),
+        r#"
+import mmap, os, ctypes
+def attempt(name, fn):
+    try:
+        fn()
+        print(name, 'GOT')
+    except (OSError, MemoryError, ValueError) as e:
+        print(name, 'refused', type(e).__name__)
+def shared():
+    m = mmap.mmap(-1, 2 << 30, flags=mmap.MAP_SHARED)
+    for i in range(0, 2 << 30, 4096):
+        m[i] = 1
+def memfd():
+    fd = os.memfd_create('x')
+    for _ in range(1024):
+        os.write(fd, b'x' * (1 << 20))
+def sysv():
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.shmat.restype = ctypes.c_void_p
+    shmid = libc.shmget(0, 1 << 30, 0o600 | 0o1000)
+    if shmid < 0:
+        raise OSError(ctypes.get_errno(), 'shmget')
+    addr = libc.shmat(shmid, None, 0)
+    if addr in (None, ctypes.c_void_p(-1).value):
+        raise OSError(ctypes.get_errno(), 'shmat')
+    ctypes.memset(addr, 1, 1 << 30)
+attempt('sysv', sysv)
+attempt('memfd', memfd)
+attempt('shared', shared)
+"#,
+    )
+    .await;
+    // Either every attempt is refused in the interpreter (rlimits, seccomp, IPC
+    // sysctls), or the cgroup kills the interpreter as out of memory.
+    if r.success {
+        assert!(!r.stdout.contains("GOT"), "{}", r.to_json());
+    } else {
+        assert_eq!(
+            r.error_kind(),
+            Some(biocage_core::ErrorKind::Oom),
+            "{}",
+            r.to_json()
+        );
+        assert!(r.stdout.contains("sysv refused"), "{}", r.to_json());
+    }
+    ok(&run(s.as_ref(), "print('alive')").await);
+    s.close().await.unwrap();
 }
