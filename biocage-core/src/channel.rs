@@ -171,7 +171,12 @@ fn fail_oversize(head: &[u8], pending: &Mutex<Pending>, max_line: usize) {
     let prefix = &head[..head.len().min(64)];
     let id = prefix
         .strip_prefix(b"{\"id\":")
-        .map(|r| r.iter().take_while(|b| b.is_ascii_digit()).copied().collect::<Vec<u8>>())
+        .map(|r| {
+            r.iter()
+                .take_while(|b| b.is_ascii_digit())
+                .copied()
+                .collect::<Vec<u8>>()
+        })
         .and_then(|d| std::str::from_utf8(&d).ok()?.parse::<u64>().ok());
     if let Some(tx) = id.and_then(|id| lock(pending).waiters.remove(&id)) {
         let _ = tx.send(json!({"op": "error", "message": format!(

@@ -34,11 +34,16 @@ pub async fn launch_session(
     if config.user == DEFAULT_USER {
         // A uid of the session's own, no host account: per-uid kernel counters and file
         // access never join two sessions, nor a session and a real user.
-        let range = if caps.uid_map.is_empty() { ROOTFUL_UIDS } else { ROOTLESS_UIDS };
+        let range = if caps.uid_map.is_empty() {
+            ROOTFUL_UIDS
+        } else {
+            ROOTLESS_UIDS
+        };
         let uid_map = caps.uid_map.clone();
-        let leased = tokio::task::spawn_blocking(move || UidLease::acquire(range, |u| map_id(&uid_map, u)))
-            .await
-            .map_err(|e| Error::Agent(format!("leasing a sandbox uid: {e}")))??;
+        let leased =
+            tokio::task::spawn_blocking(move || UidLease::acquire(range, |u| map_id(&uid_map, u)))
+                .await
+                .map_err(|e| Error::Agent(format!("leasing a sandbox uid: {e}")))??;
         config.user = format!("{0}:{0}", leased.uid());
         lease = Some(leased);
     }
@@ -57,7 +62,14 @@ pub async fn launch_session(
     let session_id = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
     let spec = ContainerSpec::new(&session_id, &config, &plan, Some(&staging))?;
     let ops = launcher.launch(&spec, caps.cgroup_limits).await?;
-    let session =
-        AgentSession::start(session_id, ops, config, plan, spec.agent_argv, (staging, lease)).await?;
+    let session = AgentSession::start(
+        session_id,
+        ops,
+        config,
+        plan,
+        spec.agent_argv,
+        (staging, lease),
+    )
+    .await?;
     Ok(Box::new(session))
 }

@@ -244,7 +244,8 @@ impl LimitPlan {
         if !caps.uid_map.is_empty() {
             // In a rootless engine's user namespace, inotify and fanotify groups are also
             // charged to the engine's host user: one session could use up everyone's.
-            denied_syscalls.extend(["inotify_init", "inotify_init1", "fanotify_init"].map(String::from));
+            denied_syscalls
+                .extend(["inotify_init", "inotify_init1", "fanotify_init"].map(String::from));
         }
         limits.push(status(
             "inotify",
@@ -260,7 +261,11 @@ impl LimitPlan {
             // Shared memory made with memfd is bounded by no rlimit and no tmpfs size.
             denied_syscalls.push("memfd_create".into());
         }
-        if config.exposures.iter().any(|e| e.mode == ExposureMode::ReadWrite) {
+        if config
+            .exposures
+            .iter()
+            .any(|e| e.mode == ExposureMode::ReadWrite)
+        {
             limits.push(status(
                 "exposure size",
                 format!("{} each", format_size(config.rw_exposure_bytes)),
@@ -270,7 +275,11 @@ impl LimitPlan {
             limits.push(status(
                 "exposure files",
                 format!("{} each", config.rw_exposure_files),
-                if caps.tmpfs_inode_limit { Enforcement::Engine } else { Enforcement::Agent },
+                if caps.tmpfs_inode_limit {
+                    Enforcement::Engine
+                } else {
+                    Enforcement::Agent
+                },
                 if caps.tmpfs_inode_limit {
                     "tmpfs nr_inodes of each read-write exposure (ENOSPC)"
                 } else {

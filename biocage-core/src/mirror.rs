@@ -87,7 +87,7 @@ impl RwMirror {
             .filter(|e| e.mode == crate::config::ExposureMode::ReadWrite)
             .cloned()
             .collect();
-        (!exposures.is_empty()).then(|| RwMirror {
+        (!exposures.is_empty()).then_some(RwMirror {
             exposures,
             max_bytes: config.rw_exposure_bytes,
             max_files: config.rw_exposure_files,
@@ -99,13 +99,18 @@ impl RwMirror {
     pub(crate) async fn fill(&self, channel: &AgentChannel) -> Result<()> {
         for e in &self.exposures {
             let (host, max_bytes, max_files) = (e.host.clone(), self.max_bytes, self.max_files);
-            let entries = tokio::task::spawn_blocking(move || list_host(&host, max_bytes, max_files))
-                .await
-                .map_err(agent_err)??;
+            let entries =
+                tokio::task::spawn_blocking(move || list_host(&host, max_bytes, max_files))
+                    .await
+                    .map_err(agent_err)??;
             for entry in entries {
                 let path = sandbox_path(&e.container, &entry.rel);
                 if entry.dir {
-                    ask(channel, json!({"op": "make_dir", "p64": path, "mode": entry.mode})).await?;
+                    ask(
+                        channel,
+                        json!({"op": "make_dir", "p64": path, "mode": entry.mode}),
+                    )
+                    .await?;
                     continue;
                 }
                 let mut offset = 0;
@@ -134,7 +139,11 @@ impl RwMirror {
     /// Starts tracking changes from what the tmpfs holds now (also after a new
     /// supervisor replaced one that died: what it held is then copied back again).
     pub(crate) async fn begin(&self, channel: &AgentChannel) -> Result<()> {
-        let roots: Vec<&str> = self.exposures.iter().map(|e| e.container.as_str()).collect();
+        let roots: Vec<&str> = self
+            .exposures
+            .iter()
+            .map(|e| e.container.as_str())
+            .collect();
         ask(
             channel,
             json!({"op": "sync_begin", "roots": roots, "max_entries": self.max_files,
@@ -156,7 +165,11 @@ impl RwMirror {
                 notes.agent(&page);
             }
             let mut forget = Vec::new();
-            for change in page["changes"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            for change in page["changes"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
                 if let Err(why) = self.apply(channel, change, &mut budget).await {
                     notes.failed(change, why);
                     forget.push(json!({"root": change["root"], "p64": change["p64"]}));
@@ -178,7 +191,9 @@ impl RwMirror {
         change: &Value,
         budget: &mut [u64],
     ) -> std::result::Result<(), String> {
-        let idx = change["root"].as_u64().and_then(|i| usize::try_from(i).ok());
+        let idx = change["root"]
+            .as_u64()
+            .and_then(|i| usize::try_from(i).ok());
         let Some((e, left)) = idx.and_then(|i| Some((self.exposures.get(i)?, budget.get_mut(i)?)))
         else {
             return Err("unknown exposure".into());
@@ -282,15 +297,18 @@ impl Notes {
             ));
         }
         if page["too_many"].as_bool() == Some(true) {
-            self.lines
-                .push("the file-count cap was reached; entries past it were not copied back".into());
+            self.lines.push(
+                "the file-count cap was reached; entries past it were not copied back".into(),
+            );
         }
     }
 
     fn failed(&mut self, change: &Value, why: String) {
         self.failed += 1;
         if self.names.len() < NOTE_NAMES {
-            let raw = BASE64.decode(change["p64"].as_str().unwrap_or("")).unwrap_or_default();
+            let raw = BASE64
+                .decode(change["p64"].as_str().unwrap_or(""))
+                .unwrap_or_default();
             let mut name = String::from_utf8_lossy(&raw).to_string();
             name.truncate(200);
             let mut why = why;
@@ -305,7 +323,11 @@ impl Notes {
                 "{} entries could not be copied back (tried again after the next run): {}{}",
                 self.failed,
                 self.names.join("; "),
-                if self.failed > self.names.len() { "; ..." } else { "" }
+                if self.failed > self.names.len() {
+                    "; ..."
+                } else {
+                    ""
+                }
             ));
         }
         (!self.lines.is_empty()).then(|| format!("[biocage] {}\n", self.lines.join("; ")))
@@ -318,7 +340,12 @@ fn checked_rel(raw: &[u8]) -> std::result::Result<PathBuf, String> {
     let path = PathBuf::from(std::ffi::OsString::from_vec(raw.to_vec()));
     let plain = path.components().all(|c| matches!(c, Component::Normal(_)));
     let depth = path.components().count();
-    if raw.is_empty() || raw.contains(&0) || !plain || raw.len() > RW_MAX_PATH || depth > RW_MAX_DEPTH as usize + 1 {
+    if raw.is_empty()
+        || raw.contains(&0)
+        || !plain
+        || raw.len() > RW_MAX_PATH
+        || depth > RW_MAX_DEPTH as usize + 1
+    {
         return Err("not a plain relative path within the caps".into());
     }
     Ok(path)
@@ -331,7 +358,14 @@ fn cstr(name: &std::ffi::OsStr) -> io::Result<std::ffi::CString> {
 fn openat(dir: &OwnedFd, name: &std::ffi::OsStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
     let c = cstr(name)?;
     // SAFETY: a valid directory descriptor and a NUL-terminated name.
-    let fd = unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags | libc::O_CLOEXEC | libc::O_NOFOLLOW, mode) };
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            flags | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+            mode,
+        )
+    };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -386,10 +420,20 @@ fn create_below(root: &Path, rel: &Path, sandbox_mode: u32) -> io::Result<fs::Fi
     let (parent, name) = split(rel)?;
     let dir = open_dir_below(root, parent, true)?;
     let mode = (sandbox_mode & 0o700) | 0o600;
-    let fd = match openat(&dir, name, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NONBLOCK, mode) {
+    let fd = match openat(
+        &dir,
+        name,
+        libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NONBLOCK,
+        mode,
+    ) {
         Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
             remove_below(root, rel)?;
-            openat(&dir, name, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, mode)?
+            openat(
+                &dir,
+                name,
+                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+                mode,
+            )?
         }
         other => other?,
     };
@@ -514,7 +558,10 @@ mod tests {
         assert!(checked_rel(&vec![b'a'; RW_MAX_PATH + 1]).is_err());
         let deep = vec!["d"; RW_MAX_DEPTH as usize + 2].join("/");
         assert!(checked_rel(deep.as_bytes()).is_err());
-        assert_eq!(checked_rel(b"a/b\xff").unwrap(), PathBuf::from(std::ffi::OsString::from_vec(b"a/b\xff".to_vec())));
+        assert_eq!(
+            checked_rel(b"a/b\xff").unwrap(),
+            PathBuf::from(std::ffi::OsString::from_vec(b"a/b\xff".to_vec()))
+        );
     }
 
     #[test]
@@ -526,7 +573,10 @@ mod tests {
         let _ = create_below(root.path(), Path::new("link/passwd"), 0o644);
         let _ = open_dir_below(root.path(), Path::new("link/x"), true);
         assert!(fs::read_dir(outside.path()).unwrap().next().is_none());
-        assert!(!fs::symlink_metadata(root.path().join("link")).unwrap().file_type().is_symlink());
+        assert!(!fs::symlink_metadata(root.path().join("link"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
         std::os::unix::fs::symlink("/etc/hostname", root.path().join("f")).unwrap();
         assert!(create_below(root.path(), Path::new("f"), 0o644).is_err());
         let f = create_below(root.path(), Path::new("new/dir/file"), 0o4777).unwrap();
@@ -534,7 +584,11 @@ mod tests {
         f.set_len(1 << 30).unwrap();
         let meta = fs::metadata(root.path().join("new/dir/file")).unwrap();
         assert_eq!(meta.mode() & 0o7777, 0o700, "owner bits only, no setuid");
-        assert!(meta.blocks() < 64, "sparse stays sparse: {} blocks", meta.blocks());
+        assert!(
+            meta.blocks() < 64,
+            "sparse stays sparse: {} blocks",
+            meta.blocks()
+        );
         remove_below(root.path(), Path::new("new/dir/file")).unwrap();
         remove_below(root.path(), Path::new("new/dir")).unwrap();
         assert!(!root.path().join("new/dir").exists());

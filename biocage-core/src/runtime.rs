@@ -56,8 +56,15 @@ pub trait SandboxRuntime: Send + Sync {
     async fn remove_sandbox(&self, id: &str) -> Result<()>;
 
     /// Removes managed sandboxes whose owner is gone: stopped ones, and those whose
-    /// owning process no longer exists on this host. Returns what was removed.
+    /// owning process no longer exists on this host, and the host-side staging folders
+    /// of such processes. Returns the sandboxes removed.
     async fn gc(&self) -> Result<Vec<SandboxSummary>> {
+        let stale = tokio::task::spawn_blocking(crate::staging::remove_stale_staging)
+            .await
+            .unwrap_or(0);
+        if stale > 0 {
+            tracing::info!("removed {stale} staging folders of processes that are gone");
+        }
         let mut removed = Vec::new();
         for s in self.list_sandboxes().await? {
             if s.is_orphaned() {

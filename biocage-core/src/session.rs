@@ -15,9 +15,9 @@ use crate::config::SandboxConfig;
 use crate::container::ContainerOps;
 use crate::error::{Error, Result};
 use crate::limits::LimitPlan;
+use crate::mirror::RwMirror;
 use crate::result::{ErrorKind, ExecutionResult, EXIT_KILLED, EXIT_TIMEOUT};
 use crate::runtime::{Session, SessionInfo};
-use crate::mirror::RwMirror;
 use crate::spec::reply_line_limit;
 use crate::staging::Staging;
 use crate::uids::UidLease;
@@ -226,7 +226,10 @@ async fn connect(
 /// no_new_privs), unless unenforced protections are allowed (then it is logged).
 fn check_hardening(hello: &Value, allow_unenforced: bool) -> Result<()> {
     for (key, what) in [
-        ("seccomp", "its seccomp filter (no new namespaces, keyrings, bpf, ...)"),
+        (
+            "seccomp",
+            "its seccomp filter (no new namespaces, keyrings, bpf, ...)",
+        ),
         ("no_new_privs", "no_new_privs"),
     ] {
         if hello[key].as_bool() == Some(true) {
@@ -364,7 +367,8 @@ impl Session for AgentSession {
             is_running: self.ops.is_running().await?,
             image: self.config.image.clone(),
             exposed_paths: self.config.exposures.clone(),
-            temp_files: self.temp_files.load(Ordering::Relaxed) as usize,
+            temp_files: usize::try_from(self.temp_files.load(Ordering::Relaxed))
+                .unwrap_or(usize::MAX),
             limits: self.plan.limits.clone(),
             python_version: self.conn.read().await.python.clone(),
             user: self.config.user.clone(),

@@ -30,7 +30,10 @@ pub fn parse_size(field: &'static str, text: &str) -> Result<u64> {
     if bytes > u64::MAX as f64 / 2.0 {
         return Err(bad("too large"));
     }
-    Ok(bytes as u64)
+    // Finite, non-negative and below u64::MAX / 2: the conversion cannot wrap.
+    #[allow(clippy::cast_possible_truncation)]
+    let whole = bytes as u64;
+    Ok(whole)
 }
 
 /// Formats bytes the way [`parse_size`] reads them, e.g. "512m".

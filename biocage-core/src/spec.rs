@@ -154,7 +154,9 @@ impl ContainerSpec {
         labels.insert(LABEL_SESSION.to_string(), session_id.to_string());
         labels.insert(LABEL_OWNER_PID.to_string(), std::process::id().to_string());
         labels.insert(LABEL_OWNER_HOST.to_string(), host_name());
-        let threads = config.cpus.ceil().max(1.0) as u64;
+        // cpus is validated within 0.01..=1024.
+        #[allow(clippy::cast_possible_truncation)]
+        let threads = config.cpus.ceil().clamp(1.0, 1024.0) as u64;
         let mut env = vec![
             "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
             format!("HOME={}", config.workspace),
@@ -207,7 +209,11 @@ impl ContainerSpec {
             options: format!("rw,nosuid,nodev,size={},nr_inodes=1024,mode=1777", 16 << 20),
         });
         // Read-write exposures are tmpfs of their own, mirrored to the host by the agent.
-        for e in config.exposures.iter().filter(|e| e.mode == ExposureMode::ReadWrite) {
+        for e in config
+            .exposures
+            .iter()
+            .filter(|e| e.mode == ExposureMode::ReadWrite)
+        {
             tmpfs.push(TmpfsMount {
                 target: e.container.clone(),
                 options: format!(
@@ -301,7 +307,10 @@ impl ContainerSpec {
             // the size of /dev/shm (a rootless engine counts it against nothing else).
             sysctls: BTreeMap::from([
                 ("kernel.shmmax".to_string(), config.shm_bytes.to_string()),
-                ("kernel.shmall".to_string(), (config.shm_bytes / 4096).to_string()),
+                (
+                    "kernel.shmall".to_string(),
+                    (config.shm_bytes / 4096).to_string(),
+                ),
                 ("kernel.shmmni".to_string(), "64".to_string()),
             ]),
         })

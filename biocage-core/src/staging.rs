@@ -115,7 +115,11 @@ impl Staging {
     /// Stages the read-only `exposures` (read-write ones are skipped: they are mirrored
     /// through the agent) for a sandbox user that is `owner` on the host, and, without
     /// `network`, the generated name-service files.
-    pub fn prepare(exposures: &[Exposure], owner: Option<HostOwner>, network: bool) -> Result<Self> {
+    pub fn prepare(
+        exposures: &[Exposure],
+        owner: Option<HostOwner>,
+        network: bool,
+    ) -> Result<Self> {
         let mut staging = Staging {
             dir: None,
             binds: Vec::new(),
@@ -144,7 +148,10 @@ impl Staging {
             });
         }
         if !network {
-            for (name, text, target) in [("hosts", HOSTS, "/etc/hosts"), ("resolv.conf", RESOLV, "/etc/resolv.conf")] {
+            for (name, text, target) in [
+                ("hosts", HOSTS, "/etc/hosts"),
+                ("resolv.conf", RESOLV, "/etc/resolv.conf"),
+            ] {
                 let path = staging.root()?.join(name);
                 fs::write(&path, text).map_err(io_err(format!("writing {}", path.display())))?;
                 fs::set_permissions(&path, fs::Permissions::from_mode(0o644))
@@ -200,8 +207,9 @@ impl Staging {
             ));
         };
         if is_root() {
-            return std::os::unix::fs::lchown(path, Some(owner.uid), Some(owner.gid))
-                .map_err(io_err(format!("giving {} to the sandbox user", path.display())));
+            return std::os::unix::fs::lchown(path, Some(owner.uid), Some(owner.gid)).map_err(
+                io_err(format!("giving {} to the sandbox user", path.display())),
+            );
         }
         set_user_acl(path, owner.uid, perm).map_err(io_err(format!(
             "granting the sandbox user access to {} (the file system must support POSIX ACLs when BioCage does not run as root)",
@@ -242,7 +250,13 @@ fn set_user_acl(path: &Path, uid: u32, perm: u16) -> io::Result<()> {
     let owner_perm = u16::try_from((fs::symlink_metadata(path)?.mode() >> 6) & 0o7).unwrap_or(0);
     const UNDEFINED: u32 = u32::MAX;
     // (tag, perm, id), sorted by tag: USER_OBJ, USER, GROUP_OBJ, MASK, OTHER.
-    let entries = [(0x01u16, owner_perm, UNDEFINED), (0x02, perm, uid), (0x04, 0, UNDEFINED), (0x10, perm, UNDEFINED), (0x20, 0, UNDEFINED)];
+    let entries = [
+        (0x01u16, owner_perm, UNDEFINED),
+        (0x02, perm, uid),
+        (0x04, 0, UNDEFINED),
+        (0x10, perm, UNDEFINED),
+        (0x20, 0, UNDEFINED),
+    ];
     let mut blob = 2u32.to_le_bytes().to_vec();
     for (tag, p, id) in entries {
         blob.extend_from_slice(&tag.to_le_bytes());
@@ -320,15 +334,21 @@ mod tests {
         }
         let root = bind.host.parent().unwrap().to_path_buf();
         assert!(root.starts_with(staging_base()));
-        assert_eq!(fs::metadata(&root).unwrap().mode() & 0o077, if is_root() { 0o011 } else { 0 });
+        assert_eq!(
+            fs::metadata(&root).unwrap().mode() & 0o077,
+            if is_root() { 0o011 } else { 0 }
+        );
         drop(staging);
         assert!(!root.exists(), "the staging folder goes with the session");
 
         let public = Path::new("/etc/hostname");
         if readable_by_anyone(public) {
-            let staging =
-                Staging::prepare(&[exposure(public, "/h", ExposureMode::ReadOnly)], None, true)
-                    .unwrap();
+            let staging = Staging::prepare(
+                &[exposure(public, "/h", ExposureMode::ReadOnly)],
+                None,
+                true,
+            )
+            .unwrap();
             assert_eq!(staging.binds()[0].host, public);
         }
     }
@@ -359,7 +379,10 @@ mod tests {
         assert_eq!(targets, ["/etc/hosts", "/etc/resolv.conf"]);
         let hosts = fs::read_to_string(&staging.binds()[0].host).unwrap();
         assert!(hosts.contains("localhost") && !hosts.contains(&crate::spec::host_name()));
-        assert!(Staging::prepare(&[], None, true).unwrap().binds().is_empty());
+        assert!(Staging::prepare(&[], None, true)
+            .unwrap()
+            .binds()
+            .is_empty());
     }
 
     #[test]

@@ -40,7 +40,7 @@ impl UidLease {
         create_private_dir(&dir)?;
         let taken = HostIds::read();
         let span = range.end.saturating_sub(range.start).max(1);
-        let start = (uuid::Uuid::new_v4().as_u128() % u128::from(span)) as u32;
+        let start = u32::try_from(uuid::Uuid::new_v4().as_u128() % u128::from(span)).unwrap_or(0);
         for i in 0..span {
             let uid = range.start + (start + i) % span;
             let Some(host) = to_host(uid) else { continue };
@@ -79,10 +79,13 @@ fn lock_dir() -> PathBuf {
 /// Creates `dir` (and its parents) for this user only, refusing a folder someone else owns.
 pub(crate) fn create_private_dir(dir: &std::path::Path) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    let made = fs::DirBuilder::new().recursive(true).mode(0o711).create(dir);
+    let made = fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o711)
+        .create(dir);
     made.map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-    let meta =
-        fs::symlink_metadata(dir).map_err(|e| Error::io(format!("checking {}", dir.display()), e))?;
+    let meta = fs::symlink_metadata(dir)
+        .map_err(|e| Error::io(format!("checking {}", dir.display()), e))?;
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
     if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o022 != 0 {

@@ -27,8 +27,8 @@ async fn agent(config: Value) -> (AgentChannel, Value, tokio::process::Child) {
         Duration::from_secs(20),
         64 << 20,
     )
-        .await
-        .expect("hello");
+    .await
+    .expect("hello");
     (ch, hello, child)
 }
 
@@ -128,14 +128,20 @@ async fn an_oversize_reply_fails_its_request_and_the_channel_goes_on() {
         let mut line = String::new();
         requests.read_line(&mut line).await.unwrap();
         // A forged 8 MiB reply to request 1, in small chunks, then a normal one to 2.
-        agent_out.write_all(b"{\"id\":1,\"op\":\"result\",\"stdout\":\"").await.unwrap();
+        agent_out
+            .write_all(b"{\"id\":1,\"op\":\"result\",\"stdout\":\"")
+            .await
+            .unwrap();
         for _ in 0..128 {
             agent_out.write_all(&[b'a'; 64 << 10]).await.unwrap();
         }
         agent_out.write_all(b"\"}\n").await.unwrap();
         line.clear();
         requests.read_line(&mut line).await.unwrap();
-        agent_out.write_all(b"{\"id\":2,\"op\":\"ok\"}\n").await.unwrap();
+        agent_out
+            .write_all(b"{\"id\":2,\"op\":\"ok\"}\n")
+            .await
+            .unwrap();
         agent_out
     });
     let streams = AgentStreams {

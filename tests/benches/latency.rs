@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use biocage_conformance::harness;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    // p is within 0..=1, so the index is within the slice.
+    #[allow(clippy::cast_possible_truncation)]
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[idx.min(sorted.len() - 1)]
 }

@@ -361,7 +361,10 @@ pub async fn info_describes_the_session(rt: &dyn SandboxRuntime) {
         info.user,
         "each session has a uid of its own"
     );
-    assert_ne!(info.user, "1000:1000", "never the image's user, a host account");
+    assert_ne!(
+        info.user, "1000:1000",
+        "never the image's user, a host account"
+    );
     other.close().await.unwrap();
     s.close().await.unwrap();
 }

@@ -57,11 +57,21 @@ print([l.split()[4:5] + l.split()[-3:-2] for l in open('/proc/self/mountinfo') i
     .await;
     let text = ok(&r).to_string();
     assert!(text.contains("from the host"), "{text}");
-    assert!(text.contains("flood stopped 28"), "ENOSPC inside the sandbox: {text}");
-    assert!(text.contains("tmpfs"), "the exposure is a tmpfs in the sandbox: {text}");
+    assert!(
+        text.contains("flood stopped 28"),
+        "ENOSPC inside the sandbox: {text}"
+    );
+    assert!(
+        text.contains("tmpfs"),
+        "the exposure is a tmpfs in the sandbox: {text}"
+    );
     let py = std::fs::metadata(out.path().join("py")).unwrap();
     assert_eq!(py.mode() & 0o7000, 0, "no setuid or setgid on the host");
-    assert_eq!(py.mode() & 0o077, 0, "no other host user can read or run it");
+    assert_eq!(
+        py.mode() & 0o077,
+        0,
+        "no other host user can read or run it"
+    );
     assert_eq!(py.uid(), std::fs::metadata("/proc/self").unwrap().uid());
     assert!(std::fs::symlink_metadata(out.path().join("link")).is_err());
     let used: u64 = std::fs::read_dir(out.path())
@@ -69,7 +79,10 @@ print([l.split()[4:5] + l.split()[-3:-2] for l in open('/proc/self/mountinfo') i
         .flatten()
         .map(|e| e.metadata().unwrap().blocks() * 512)
         .sum();
-    assert!(used < 80 << 20, "host disk used by the exposure: {used} bytes");
+    assert!(
+        used < 80 << 20,
+        "host disk used by the exposure: {used} bytes"
+    );
     if let Ok(m) = std::fs::metadata(out.path().join("sparse")) {
         assert!(m.blocks() * 512 < 1 << 20, "a sparse file stays sparse");
     } else {
@@ -189,7 +202,10 @@ pub async fn sandbox_uids_are_private(rt: &dyn SandboxRuntime) {
         let uid: u32 = out.split_whitespace().next().unwrap().parse().unwrap();
         assert!(out.contains("s3cret"), "{out}");
         let host = host_uid(rt, uid).await;
-        assert!(!accounts.contains(&host), "host uid {host} is a host account");
+        assert!(
+            !accounts.contains(&host),
+            "host uid {host} is a host account"
+        );
         uids.push(host);
     }
     // The staged copies belong to those uids alone.
@@ -208,7 +224,11 @@ pub async fn sandbox_uids_are_private(rt: &dyn SandboxRuntime) {
             staged += 1;
         }
     }
-    assert!(staged >= uids.len(), "{staged} staged copies found in {}", base.display());
+    assert!(
+        staged >= uids.len(),
+        "{staged} staged copies found in {}",
+        base.display()
+    );
     let mut distinct = uids.clone();
     distinct.sort_unstable();
     distinct.dedup();
@@ -243,10 +263,15 @@ print('resolv', repr(open('/etc/resolv.conf').read()))
     .await;
     let out = ok(&r).to_string();
     assert!(out.contains("cgroup ['/']"), "{out}");
-    assert!(!out.contains(&other_id[..12]), "another sandbox is visible: {out}");
+    assert!(
+        !out.contains(&other_id[..12]),
+        "another sandbox is visible: {out}"
+    );
     let dirs = out.lines().find(|l| l.starts_with("dirs")).unwrap();
     assert!(
-        !dirs.split_whitespace().any(|d| d == "docker" || d == "libpod_parent" || (d.len() == 64 && d.chars().all(|c| c.is_ascii_hexdigit()))),
+        !dirs.split_whitespace().any(|d| d == "docker"
+            || d == "libpod_parent"
+            || (d.len() == 64 && d.chars().all(|c| c.is_ascii_hexdigit()))),
         "other containers' cgroups are visible: {dirs}"
     );
     let hosts = out.lines().find(|l| l.starts_with("hosts")).unwrap();

@@ -50,12 +50,22 @@ print('json ok', json.dumps({'a': 1}))
     )
     .await;
     let out = ok(&r);
-    assert!(out.contains("[]\n"), "planted code ran in an agent process: {out}");
+    assert!(
+        out.contains("[]\n"),
+        "planted code ran in an agent process: {out}"
+    );
     assert!(out.contains("NoNewPrivs:\\t1"), "{out}");
     assert!(out.contains("Seccomp:\\t2"), "{out}");
     let info = s.info().await.unwrap();
-    if info.limits.iter().any(|l| l.name == "pids" && l.mechanism.contains("RLIMIT_NPROC")) {
-        assert!(out.contains("nproc 256"), "rlimits hold in a fresh interpreter: {out}");
+    if info
+        .limits
+        .iter()
+        .any(|l| l.name == "pids" && l.mechanism.contains("RLIMIT_NPROC"))
+    {
+        assert!(
+            out.contains("nproc 256"),
+            "rlimits hold in a fresh interpreter: {out}"
+        );
     }
     // The user's own modules are importable in the user's interpreter, as in `python -i`.
     assert!(out.contains("json ok"), "{out}");
@@ -93,7 +103,11 @@ raise RuntimeError("late traceback of the forging run")
     assert_eq!(r.error_kind(), Some(ErrorKind::Timeout));
     assert!(started.elapsed() < Duration::from_secs(20));
     assert!(r.value.as_deref().map_or(0, str::len) <= 70_000);
-    assert!(r.images.iter().all(|i| i.mime == "image/png"), "{:?}", r.images);
+    assert!(
+        r.images.iter().all(|i| i.mime == "image/png"),
+        "{:?}",
+        r.images
+    );
     assert!(!r.stderr.contains("99 processes"), "{}", r.stderr);
     let r = run(s.as_ref(), "print('next')").await;
     assert_eq!(ok(&r), "next\n");
@@ -109,7 +123,12 @@ pub async fn unencodable_strings_keep_the_session(rt: &dyn SandboxRuntime) {
     let bad = "b'\\xff'.decode('utf-8', 'surrogateescape')";
     let started = Instant::now();
     let r = run(s.as_ref(), &format!("raise ValueError({bad} + '\\x00end')")).await;
-    assert_eq!(r.error_kind(), Some(ErrorKind::Exception), "{}", r.to_json());
+    assert_eq!(
+        r.error_kind(),
+        Some(ErrorKind::Exception),
+        "{}",
+        r.to_json()
+    );
     assert!(!r.state_lost);
     let msg = &r.error.as_ref().unwrap().message;
     assert!(msg.contains("udcff") && msg.contains("end"), "{msg:?}");
@@ -119,7 +138,11 @@ pub async fn unencodable_strings_keep_the_session(rt: &dyn SandboxRuntime) {
     )
     .await;
     ok(&r);
-    assert!(r.value.as_deref().unwrap().contains("udcff"), "{}", r.to_json());
+    assert!(
+        r.value.as_deref().unwrap().contains("udcff"),
+        "{}",
+        r.to_json()
+    );
     let r = run(
         s.as_ref(),
         &format!("import pandas as pd\npd.DataFrame({{'name': [{bad}]}})"),
@@ -135,7 +158,12 @@ pub async fn unencodable_strings_keep_the_session(rt: &dyn SandboxRuntime) {
     let names = s.read_file("/workspace").await;
     assert!(names.is_err(), "a folder is not a file");
     let r = run(s.as_ref(), "kept + 1").await;
-    assert_eq!(r.value.as_deref(), Some("42"), "state kept: {}", r.to_json());
+    assert_eq!(
+        r.value.as_deref(),
+        Some("42"),
+        "state kept: {}",
+        r.to_json()
+    );
     assert!(
         started.elapsed() < Duration::from_secs(20),
         "no run waited for a reply the host could not read"
@@ -170,7 +198,10 @@ pub async fn result_fields_are_capped(rt: &dyn SandboxRuntime) {
     )
     .await;
     ok(&r);
-    assert!(r.images_truncated, "figures over the pixel budget are skipped");
+    assert!(
+        r.images_truncated,
+        "figures over the pixel budget are skipped"
+    );
     let r = run(s.as_ref(), "kept").await;
     assert_eq!(r.value.as_deref(), Some("1"));
     assert!(!r.state_lost);
@@ -192,7 +223,10 @@ pub async fn large_code_is_capped_and_linear(rt: &dyn SandboxRuntime) {
     let r = run(s.as_ref(), &big).await;
     assert_eq!(ok(&r).trim(), (15 << 20).to_string());
     let took = started.elapsed();
-    assert!(took < Duration::from_secs(20), "15 MiB of code took {took:?}");
+    assert!(
+        took < Duration::from_secs(20),
+        "15 MiB of code took {took:?}"
+    );
     let too_big = "#".repeat(17 << 20);
     let err = s.run(&too_big).await.unwrap_err().to_string();
     assert!(err.contains("code") && err.contains("16"), "{err}");
