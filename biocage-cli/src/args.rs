@@ -49,6 +49,9 @@ pub enum Command {
     Run {
         /// File with Python code; - or nothing reads stdin.
         file: Option<PathBuf>,
+        /// Arguments for the script, after `--`: `sys.argv[1:]`, as `python FILE ARGS...`.
+        #[arg(last = true)]
+        args: Vec<String>,
         /// Sandbox settings.
         #[command(flatten)]
         opts: SessionOpts,

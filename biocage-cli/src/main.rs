@@ -47,7 +47,7 @@ fn init_logs(cli: &Cli) {
 
 async fn dispatch(cli: &Cli) -> Result<i32, exit::CliError> {
     match &cli.command {
-        Command::Run { file, opts } => run::run(cli, file.as_ref(), opts).await,
+        Command::Run { file, args, opts } => run::run(cli, file.as_ref(), args, opts).await,
         Command::Repl { opts } => repl::repl(cli, opts).await,
         Command::Image {
             command:

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use biocage_core::Session;
+use biocage_core::{InputStatus, Session};
 use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -75,55 +75,13 @@ async fn json_loop(session: &dyn Session) -> Result<(), CliError> {
     Ok(())
 }
 
-/// True while `buffer` is an unfinished block: open brackets or strings, a trailing
-/// backslash, or an indented block not yet ended by an empty line. Brackets, quotes and
-/// colons inside strings and comments do not count.
-fn needs_more(buffer: &str) -> bool {
-    let mut depth = 0i32;
-    let mut quote: Option<&str> = None;
-    let mut block = false;
-    let mut rest = buffer;
-    while let Some(c) = rest.chars().next() {
-        if let Some(q) = quote {
-            if rest.starts_with('\\') {
-                rest = rest.get(2..).unwrap_or("");
-                continue;
-            }
-            if rest.starts_with(q) {
-                rest = &rest[q.len()..];
-                quote = None;
-                continue;
-            }
-            if c == '\n' && q.len() == 1 {
-                quote = None; // an unclosed one-line string: Python will say so
-            }
-        } else if let Some(q) = ["\"\"\"", "\'\'\'", "\"", "'"]
-            .into_iter()
-            .find(|q| rest.starts_with(q))
-        {
-            quote = Some(q);
-            rest = &rest[q.len()..];
-            continue;
-        } else if c == '#' {
-            rest = rest.find('\n').map_or("", |i| &rest[i..]);
-            continue;
-        } else {
-            match c {
-                '(' | '[' | '{' => depth += 1,
-                ')' | ']' | '}' => depth -= 1,
-                _ => {}
-            }
-        }
-        rest = &rest[c.len_utf8()..];
-    }
-    for line in buffer.lines() {
-        let code = line.split('#').next().unwrap_or("").trim_end();
-        if code.ends_with(':') {
-            block = true;
-        }
-    }
-    let last = buffer.lines().last().unwrap_or("").trim_end();
-    quote.is_some() || depth > 0 || last.ends_with('\\') || (block && !buffer.ends_with("\n\n"))
+/// Where the human REPL keeps its history: `$XDG_DATA_HOME/biocage/history`, else
+/// `~/.local/share/biocage/history`.
+fn history_path() -> Option<std::path::PathBuf> {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".local/share")))?;
+    Some(base.join("biocage").join("history"))
 }
 
 async fn human_loop(session: &dyn Session, engine: &str) -> Result<(), CliError> {
@@ -131,37 +89,54 @@ async fn human_loop(session: &dyn Session, engine: &str) -> Result<(), CliError>
         "BioCage {} on {engine}. State persists between inputs; Ctrl-C interrupts a run, Ctrl-D ends the session.",
         env!("CARGO_PKG_VERSION")
     );
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    let mut buffer = String::new();
+    let mut input = if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        Input::Editor(LineEditor::start(history_path()))
+    } else {
+        Input::Plain(BufReader::new(tokio::io::stdin()).lines())
+    };
+    // Lines of the statement being typed; Python's codeop (in the sandbox) decides when
+    // it is complete, as Python's own REPL does.
+    let mut lines: Vec<String> = Vec::new();
     loop {
-        eprint!("{}", if buffer.is_empty() { ">>> " } else { "... " });
-        let line = tokio::select! {
-            line = lines.next_line() => line.map_err(|e| CliError::usage(format!("cannot read standard input: {e}")))?,
-            _ = tokio::signal::ctrl_c() => {
-                eprintln!("\nKeyboardInterrupt");
-                buffer.clear();
+        let prompt = if lines.is_empty() { ">>> " } else { "... " };
+        let line = match input.read(prompt, session).await? {
+            Line::Text(line) => Some(line),
+            Line::Interrupted => {
+                eprintln!("KeyboardInterrupt");
+                lines.clear();
                 continue;
             }
+            Line::End => None,
         };
         let at_end = line.is_none();
         match line {
             Some(line) => {
-                buffer.push_str(&line);
-                buffer.push('\n');
-                if needs_more(&buffer) {
+                let blank = line.trim().is_empty();
+                if lines.is_empty() && blank {
+                    continue;
+                }
+                lines.push(line);
+                let source = lines.join("\n");
+                let status = if blank {
+                    InputStatus::Complete
+                } else {
+                    session.input_status(&source).await?
+                };
+                if status == InputStatus::Incomplete {
                     continue;
                 }
             }
             // End of input: what is still buffered runs before the session ends.
             None => eprintln!(),
         }
-        let code = std::mem::take(&mut buffer);
+        let code = std::mem::take(&mut lines).join("\n");
         if at_end && code.trim().is_empty() {
             return Ok(());
         }
         if code.trim().is_empty() {
             continue;
         }
+        input.add_history(&code);
         let run = session.run(&code);
         tokio::pin!(run);
         let result = loop {
@@ -201,23 +176,163 @@ async fn human_loop(session: &dyn Session, engine: &str) -> Result<(), CliError>
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::needs_more;
+/// One read from the terminal.
+enum Line {
+    Text(String),
+    Interrupted,
+    End,
+}
 
-    #[test]
-    fn blocks_continue_until_an_empty_line() {
-        assert!(!needs_more("x = 1\n"));
-        assert!(needs_more("def f():\n"));
-        assert!(needs_more("def f():\n    return 1\n"));
-        assert!(!needs_more("def f():\n    return 1\n\n"));
-        assert!(needs_more("x = (1,\n"));
-        assert!(!needs_more("x = (1,\n2)\n"));
-        assert!(needs_more("s = \"\"\"a\n"));
-        assert!(needs_more("x = 1 + \\\n"));
-        assert!(!needs_more("print(\"(\")\n"));
-        assert!(!needs_more("s = '[x'\n"));
-        assert!(!needs_more("x = 1  # note:\n"));
-        assert!(!needs_more("d = {'a': 1}\n"));
+/// Where the human REPL's lines come from: a line editor on a terminal, plain lines
+/// otherwise (pipes, files).
+enum Input {
+    Editor(LineEditor),
+    Plain(tokio::io::Lines<BufReader<tokio::io::Stdin>>),
+}
+
+impl Input {
+    async fn read(&mut self, prompt: &str, session: &dyn Session) -> Result<Line, CliError> {
+        match self {
+            Input::Editor(editor) => editor.read(prompt, session).await,
+            Input::Plain(lines) => {
+                eprint!("{prompt}");
+                tokio::select! {
+                    line = lines.next_line() => Ok(match line.map_err(|e| CliError::usage(format!("cannot read standard input: {e}")))? {
+                        Some(l) => Line::Text(l),
+                        None => Line::End,
+                    }),
+                    _ = tokio::signal::ctrl_c() => Ok(Line::Interrupted),
+                }
+            }
+        }
+    }
+
+    fn add_history(&mut self, code: &str) {
+        if let Input::Editor(editor) = self {
+            let _ = editor.commands.send(EditorCommand::History(code.to_string()));
+        }
     }
 }
+
+/// A request to the completer's owner: the text before the cursor, and where to answer.
+type CompletionRequest = (String, std::sync::mpsc::Sender<Vec<String>>);
+
+enum EditorCommand {
+    Read(String),
+    History(String),
+}
+
+/// rustyline on a thread of its own (it blocks), with history kept across sessions and
+/// tab completion of names in the sandbox's live namespace.
+struct LineEditor {
+    commands: std::sync::mpsc::Sender<EditorCommand>,
+    lines: tokio::sync::mpsc::UnboundedReceiver<Line>,
+    completions: tokio::sync::mpsc::UnboundedReceiver<CompletionRequest>,
+}
+
+impl LineEditor {
+    fn start(history: Option<std::path::PathBuf>) -> Self {
+        let (commands, command_rx) = std::sync::mpsc::channel::<EditorCommand>();
+        let (line_tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        let (completion_tx, completions) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            let Ok(mut editor) = rustyline::Editor::<SandboxNames, rustyline::history::FileHistory>::new() else {
+                let _ = line_tx.send(Line::End);
+                return;
+            };
+            editor.set_helper(Some(SandboxNames { ask: completion_tx }));
+            if let Some(path) = &history {
+                let _ = editor.load_history(path);
+            }
+            while let Ok(command) = command_rx.recv() {
+                match command {
+                    EditorCommand::History(entry) => {
+                        let _ = editor.add_history_entry(entry);
+                        if let Some(path) = &history {
+                            if let Some(dir) = path.parent() {
+                                let _ = std::fs::create_dir_all(dir);
+                            }
+                            let _ = editor.save_history(path);
+                        }
+                    }
+                    EditorCommand::Read(prompt) => {
+                        let line = match editor.readline(&prompt) {
+                            Ok(l) => Line::Text(l),
+                            Err(rustyline::error::ReadlineError::Interrupted) => Line::Interrupted,
+                            Err(_) => Line::End,
+                        };
+                        if line_tx.send(line).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        LineEditor {
+            commands,
+            lines,
+            completions,
+        }
+    }
+
+    async fn read(&mut self, prompt: &str, session: &dyn Session) -> Result<Line, CliError> {
+        if self.commands.send(EditorCommand::Read(prompt.to_string())).is_err() {
+            return Ok(Line::End);
+        }
+        loop {
+            tokio::select! {
+                line = self.lines.recv() => return Ok(line.unwrap_or(Line::End)),
+                Some((text, answer)) = self.completions.recv() => {
+                    let names = session.complete(&text).await.unwrap_or_default();
+                    let _ = answer.send(names);
+                }
+            }
+        }
+    }
+}
+
+/// rustyline's helper: completes the dotted name before the cursor from the sandbox.
+struct SandboxNames {
+    ask: tokio::sync::mpsc::UnboundedSender<CompletionRequest>,
+}
+
+impl rustyline::completion::Completer for SandboxNames {
+    type Candidate = String;
+
+    fn complete(
+        &self,
+        line: &str,
+        pos: usize,
+        _ctx: &rustyline::Context<'_>,
+    ) -> rustyline::Result<(usize, Vec<String>)> {
+        let head = &line[..pos];
+        let start = head
+            .rfind(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.'))
+            .map_or(0, |i| i + 1);
+        let word = &head[start..];
+        if word.is_empty() {
+            // A tab at the start of a line indents, as in Python's REPL.
+            return Ok((pos, vec!["    ".to_string()]));
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        if self.ask.send((word.to_string(), tx)).is_err() {
+            return Ok((start, Vec::new()));
+        }
+        let names = rx
+            .recv_timeout(std::time::Duration::from_secs(3))
+            .unwrap_or_default()
+            .into_iter()
+            // Names come from sandbox code (__dir__ can return anything): only plain
+            // identifiers reach the terminal.
+            .filter(|n| n.chars().all(|c| c.is_alphanumeric() || "._(".contains(c)))
+            .collect();
+        Ok((start, names))
+    }
+}
+
+impl rustyline::hint::Hinter for SandboxNames {
+    type Hint = String;
+}
+impl rustyline::highlight::Highlighter for SandboxNames {}
+impl rustyline::validate::Validator for SandboxNames {}
+impl rustyline::Helper for SandboxNames {}

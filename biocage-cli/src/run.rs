@@ -3,7 +3,12 @@
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
-use biocage_core::ExecutionResult;
+use biocage_core::{ExecutionResult, RunOptions};
+
+/// Where scripts are copied in the sandbox (the default workspace).
+fn opts_workspace() -> String {
+    biocage_core::SandboxConfig::default().workspace
+}
 
 use crate::args::{Cli, SessionOpts};
 use crate::exit::CliError;
@@ -64,10 +69,11 @@ fn write_human(
     let _ = err.write_all(inert::show(&r.stderr, err_tty).as_bytes());
     // A traceback says it all for an exception; timeouts, out-of-memory and crashes
     // also get a line saying what happened.
-    if let Some(e) = r
-        .error
-        .as_ref()
-        .filter(|e| e.traceback.is_none() || e.kind != biocage_core::ErrorKind::Exception)
+    // sys.exit(n) says nothing more, as `python` does.
+    if let Some(e) = r.error.as_ref().filter(|e| {
+        (e.traceback.is_none() || e.kind != biocage_core::ErrorKind::Exception)
+            && e.kind != biocage_core::ErrorKind::Exit
+    })
     {
         let _ = writeln!(
             err,
@@ -84,15 +90,43 @@ fn write_human(
     }
 }
 
-/// Runs the code once; the exit code is the result's.
-pub async fn run(cli: &Cli, file: Option<&PathBuf>, opts: &SessionOpts) -> Result<i32, CliError> {
+/// Runs the code once; the exit code is the result's (a script's own `sys.exit` status
+/// too). A file runs as `python FILE ARGS...` would: it is copied into the workspace and
+/// run there with `sys.argv`, `__file__` and `sys.path[0]` set.
+pub async fn run(
+    cli: &Cli,
+    file: Option<&PathBuf>,
+    args: &[String],
+    opts: &SessionOpts,
+) -> Result<i32, CliError> {
     let code = read_code(file)?;
+    let script = file.filter(|p| p.as_os_str() != "-").map(|p| {
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_else(|| "script.py".into());
+        format!("{}/{name}", opts_workspace())
+    });
     let config = config::build(opts)?;
     let rt = engine::connect(cli.runtime).await?;
     let spinner = progress::spinner(cli, "starting the sandbox");
     let session = rt.create_session(&config).await?;
     spinner.finish_and_clear();
-    let result = session.run(&code).await;
+    let result = match &script {
+        Some(path) => match session.write_file(path, code.as_bytes()).await {
+            Ok(()) => {
+                let run = RunOptions::default().script(path.clone(), args.to_vec());
+                session.run_with(&code, &run).await
+            }
+            Err(e) => Err(e),
+        },
+        None if !args.is_empty() => Err(biocage_core::Error::InvalidConfig {
+            field: "arguments",
+            value: args.join(" "),
+            reason: "arguments after -- need a script file: biocage run job.py -- ARGS".into(),
+        }),
+        None => session.run(&code).await,
+    };
     if let Err(e) = session.close().await {
         tracing::warn!("closing the sandbox: {e}");
     }

@@ -23,15 +23,18 @@ before the worker puts the user's places on its sys.path.
 """
 
 import ast
+import asyncio
 import base64
 import builtins
 import codecs
+import codeop
 import errno
 import io
 import json
 import linecache
 import os
 import resource
+import rlcompleter
 import select
 import signal
 import stat
@@ -272,6 +275,11 @@ class Caps:
         self.image_bytes = int(config.get("max_image_bytes", 8 << 20))
         self.pixels = int(config.get("max_image_pixels", 16_000_000))
         self.code = int(config.get("max_code_bytes", 16 << 20))
+        self.displays = int(config.get("max_displays", 32))
+        self.display_bytes = int(config.get("max_display_bytes", 16 << 20))
+        # Per MIME type: most characters of one form (image/png: its base64).
+        self.mime = {"text/plain": self.value, "text/html": 1 << 20, "text/markdown": 1 << 20,
+                     "application/json": 1 << 20, "image/svg+xml": 1 << 20, "image/png": 8 << 20}
 
 
 class Worker:
@@ -290,6 +298,12 @@ class Worker:
         main.__dict__["__builtins__"] = builtins
         sys.modules["__main__"] = main
         self.namespace = main.__dict__
+        self.displays = []
+        self.async_loop = None
+        # Set now, so that asyncio.get_event_loop() outside a coroutine is the same loop
+        # top-level await runs on.
+        self.event_loop()
+        builtins.display = self.display  # IPython's name for showing rich output
         self.cell = 0
         self.stdout = sys.stdout
         self.stderr = sys.stderr
@@ -343,7 +357,22 @@ class Worker:
             except OSError:
                 pass
 
+    def display(self, *objs, **_kwargs):
+        """Shows each object in the result's `displays` (as IPython's display() does)."""
+        for obj in objs:
+            self.displays.append(mimebundle(obj, self.caps))
+
+    def event_loop(self):
+        """The session's own event loop: top-level await runs on it, and it persists."""
+        if self.async_loop is None or self.async_loop.is_closed():
+            self.async_loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self.async_loop)
+        return self.async_loop
+
     def handle(self, req):
+        if req.get("op") == "complete":
+            self.answer({"id": req["id"], "matches": self.completions(req.get("text", ""))})
+            return
         for pid in req.get("reap") or ():
             # Processes the supervisor culled (SIGKILL) after the last run: those that were
             # children of this one are reaped before the run starts.
@@ -353,6 +382,15 @@ class Worker:
                 pass
         self.restore_stdio()
         self.cell += 1
+        self.displays = []
+        script = req.get("script")
+        if isinstance(script, dict):
+            # Run as `python PATH ARGS...` runs it.
+            path = str(script.get("path"))
+            sys.argv = [os.path.basename(path)] + [str(a) for a in script.get("argv") or []]
+            self.namespace["__file__"] = path
+            folder = os.path.dirname(path) or "."
+            sys.path[0] = folder
         self.executing = True
         try:
             reply = self.execute(req["code"], req.get("filename") or "<cell-%d>" % self.cell)
@@ -369,16 +407,40 @@ class Worker:
                 out["images"], out["images_truncated"] = _collect_figures(self.caps)
         except BaseException as exc:  # noqa: B902 - e.g. no descriptor left: the result still goes back
             out["agent_note"] = "post-run work failed: %s" % _safe_str(exc)
+        out["displays"] = self.displays
+        self.displays = []
         self._flush_all()
         for stream in (self.stdout, self.stderr):
             try:
                 stream.flush()
             except Exception:
                 pass
+        self.answer(out)
+
+    def answer(self, out):
         # ensure_ascii: whatever strings user code made (lone surrogates too) stay valid.
         data = (json.dumps(out) + "\n").encode()
         while data:
             data = data[os.write(self.res_fd, data):]
+
+    def completions(self, text):
+        """Names in the live namespace that complete `text` (for the REPL's tab key)."""
+        matches = []
+        if not isinstance(text, str) or len(text) > 1024:
+            return matches
+        completer = rlcompleter.Completer(self.namespace)
+        self.executing = True  # attribute lookups run user code: a deadline may interrupt
+        try:
+            for i in range(200):
+                m = completer.complete(text, i)
+                if m is None:
+                    break
+                matches.append(m)
+        except BaseException:  # noqa: B902 - user code in __getattr__ may raise anything
+            pass
+        finally:
+            self.executing = False
+        return matches
 
     def execute(self, code, filename):
         if code[:1] in (" ", "\t") or code.startswith("\n "):
@@ -387,17 +449,36 @@ class Worker:
         linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
         try:
             value = self._exec(code, filename)
-            if value is None:
-                return {"error": None, "value": None}
-            text, cut = _cap(value, self.caps.value)
-            return {"error": None, "value": text, "value_truncated": cut}
         except SystemExit as exc:
-            status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-            self._flush_all()
-            # The interpreter is asked to end: obey, the supervisor reports it.
-            os._exit(status & 0xFF)
+            status = self._exit_status(exc)
+            if self.forked:
+                # A child forked by the cell (e.g. a process pool's worker) ends here.
+                self._flush_all()
+                os._exit(status & 0xFF)
+            # As in a notebook, sys.exit() ends the run, not the session.
+            return {"error": None, "value": None, "exit_status": status}
         except BaseException as exc:  # noqa: B902 - user code may raise anything
             return self._describe(exc, filename)
+        if value is None:
+            return {"error": None, "value": None}
+        self.namespace["_"] = value
+        self.displays.append(mimebundle(value, self.caps))
+        text, cut = _cap(_safe_str(value, "repr"), self.caps.value)
+        return {"error": None, "value": text, "value_truncated": cut}
+
+    def _exit_status(self, exc):
+        """The status `python` would exit with for this SystemExit; a message that is not
+        a number goes to stderr, as Python prints it."""
+        code = exc.code
+        if code is None:
+            return 0
+        if isinstance(code, int) and not isinstance(code, bool):
+            return code & 0xFF
+        try:
+            sys.stderr.write(_safe_str(code) + "\n")
+        except BaseException:  # noqa: B902
+            pass
+        return 1
 
     def _describe(self, exc, filename):
         tb = exc.__traceback__
@@ -422,33 +503,37 @@ class Worker:
             sys.stderr.write(text[: self.caps.output + 1])
         except BaseException:  # noqa: B902
             os.write(self.err_fd, text[: self.caps.output + 1].encode("utf-8", "backslashreplace"))
-        message, msg_cut = _cap(_safe_str(exc), self.caps.message)
-        line = getattr(exc, "lineno", None) if isinstance(exc, SyntaxError) else None
+        message, msg_cut = _cap(_message(exc), self.caps.message)
+        syntax = isinstance(exc, SyntaxError)
+        line = getattr(exc, "lineno", None) if syntax else None
+        offset = getattr(exc, "offset", None) if syntax else None
         return {
             "error": {
-                "name": _cap(type(exc).__name__, self.caps.name)[0],
+                "name": _cap(_safe_str(type(exc).__name__), self.caps.name)[0],
                 "message": message,
                 "traceback": text,
                 "line": line if isinstance(line, int) else None,
+                "offset": offset if isinstance(offset, int) else None,
                 "truncated": msg_cut or tb_cut,
             }
         }
 
     def _exec(self, code, filename):
-        tree = ast.parse(code, filename, "exec")
+        """Runs the code; returns the value of a last expression (None otherwise). Top-level
+        await runs on the session's own event loop, as in a notebook."""
+        tree = compile(code, filename, "exec", flags=ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
         last = None
         if tree.body and isinstance(tree.body[-1], ast.Expr):
             last = ast.Expression(tree.body.pop().value)
-        exec(compile(tree, filename, "exec"), self.namespace)
+        self._eval(compile(tree, filename, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT))
         if last is None:
             return None
-        value = eval(compile(last, filename, "eval"), self.namespace)
-        if value is None:
-            return None
-        try:
-            return repr(value)
-        except BaseException as exc:  # noqa: B902 - a broken __repr__ is the user's, not a failed run
-            return "<unrepresentable %s: %s>" % (_safe_str(type(value).__name__), _safe_str(exc))
+        return self._eval(compile(last, filename, "eval", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT))
+
+    def _eval(self, code):
+        if code.co_flags & CO_COROUTINE:
+            return self.event_loop().run_until_complete(eval(code, self.namespace))
+        return eval(code, self.namespace)
 
     def _flush_all(self):
         for stream in (sys.stdout, sys.stderr):
@@ -456,6 +541,61 @@ class Worker:
                 stream.flush()
             except BaseException:  # noqa: B902
                 pass
+
+
+# Code compiled with top-level await that awaits is a coroutine (inspect.CO_COROUTINE).
+CO_COROUTINE = 0x0080
+
+
+def _message(exc):
+    """The text Python prints after "Name: " (notes added with add_note included)."""
+    if isinstance(exc, SyntaxError):
+        return _safe_str(exc.msg) if exc.msg is not None else ""
+    text = _safe_str(exc)
+    notes = getattr(exc, "__notes__", None)
+    if isinstance(notes, list):
+        text += "".join("\n" + _safe_str(n) for n in notes)
+    return text
+
+
+def mimebundle(obj, caps):
+    """The rich forms of an object, as IPython's formatter finds them: text/plain always,
+    others from `_repr_*_` methods (and matplotlib figures as PNG), each within its cap."""
+    bundle = {"text/plain": _cap(_safe_str(obj, "repr"), caps.value)[0]}
+    methods = (("text/html", "_repr_html_"), ("text/markdown", "_repr_markdown_"),
+               ("image/svg+xml", "_repr_svg_"), ("application/json", "_repr_json_"),
+               ("image/png", "_repr_png_"))
+    for mime, name in methods:
+        try:
+            method = getattr(obj, name, None)
+            data = method() if callable(method) else None
+        except BaseException:  # noqa: B902 - a broken formatter is skipped, as in IPython
+            continue
+        if isinstance(data, tuple):
+            data = data[0]
+        if data is None:
+            continue
+        if mime == "application/json":
+            try:
+                data = json.dumps(data)
+            except (TypeError, ValueError):
+                continue
+        elif mime == "image/png":
+            if not isinstance(data, bytes):
+                continue
+            data = base64.b64encode(data).decode()
+        if isinstance(data, str) and len(data) <= caps.mime[mime]:
+            bundle[mime] = data
+    if "image/png" not in bundle and type(obj).__name__ == "Figure" and hasattr(obj, "savefig"):
+        try:
+            buf = io.BytesIO()
+            obj.savefig(buf, format="png")
+            data = base64.b64encode(buf.getvalue()).decode()
+            if len(data) <= caps.mime["image/png"]:
+                bundle["image/png"] = data
+        except BaseException:  # noqa: B902
+            pass
+    return bundle
 
 
 def _collect_figures(caps):
@@ -673,7 +813,11 @@ def validate_reply(reply, caps):
     if not isinstance(reply, dict) or not isinstance(reply.get("id"), int):
         return None
     out = {"id": reply["id"], "error": None, "value": None, "value_truncated": False,
-           "images": [], "images_truncated": bool(reply.get("images_truncated")), "note": None}
+           "images": [], "images_truncated": bool(reply.get("images_truncated")), "note": None,
+           "displays": [], "displays_truncated": False, "exit_status": None}
+    status = reply.get("exit_status")
+    if isinstance(status, int) and not isinstance(status, bool):
+        out["exit_status"] = status & 0xFF
     err = reply.get("error")
     if err is not None:
         if not isinstance(err, dict):
@@ -685,7 +829,8 @@ def validate_reply(reply, caps):
             "name": _text(err.get("name"), caps.name) or "Exception",
             "message": message[: caps.message],
             "traceback": None if tb is None else tb[: caps.traceback],
-            "line": line if isinstance(line, int) and not isinstance(line, bool) and 0 <= line < 1 << 31 else None,
+            "line": _small_int(line),
+            "offset": _small_int(err.get("offset")),
             "truncated": bool(err.get("truncated")) or len(message) > caps.message
             or (tb is not None and len(tb) > caps.traceback),
         }
@@ -714,7 +859,67 @@ def validate_reply(reply, caps):
     note = reply.get("agent_note")
     if isinstance(note, str):
         out["note"] = note[: caps.note]
+    out["displays"], out["displays_truncated"] = _valid_displays(reply.get("displays"), caps)
     return out
+
+
+def _valid_matches(raw, rid):
+    """Completions from the worker: strings only, at most 200 of at most 1 KiB."""
+    matches = raw.get("matches") if isinstance(raw, dict) and raw.get("id") == rid else None
+    if not isinstance(matches, list):
+        return None
+    return {"id": rid, "matches": [m[:1024] for m in matches[:200] if isinstance(m, str)]}
+
+
+def _input_status(code):
+    """Whether REPL input is a complete statement, as Python's own REPL decides
+    (codeop): "complete", "incomplete" (more lines needed) or "invalid"."""
+    if not isinstance(code, str) or len(code) > 1 << 16:
+        return "invalid"
+    compiler = codeop.CommandCompiler()
+    compiler.compiler.flags |= ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return "incomplete" if compiler(code, "<input>", "single") is None else "complete"
+    except (SyntaxError, ValueError, OverflowError, MemoryError, RecursionError):
+        return "invalid"
+
+
+def _small_int(value):
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 31
+    return value if ok else None
+
+
+def _valid_displays(displays, caps):
+    """Display bundles from the worker: known MIME types only, each form and the total
+    within their caps, PNGs that are PNGs. Returns (bundles, whether some were cut)."""
+    out, cut, total = [], False, 0
+    for bundle in displays if isinstance(displays, list) else ():
+        if not isinstance(bundle, dict) or len(out) >= caps.displays:
+            cut = True
+            continue
+        clean = {}
+        for mime, data in bundle.items():
+            limit = caps.mime.get(mime)
+            if limit is None or not isinstance(data, str) or len(data) > limit \
+                    or total + len(data) > caps.display_bytes:
+                cut = True
+                continue
+            if mime == "image/png":
+                try:
+                    if not base64.b64decode(data, validate=True).startswith(b"\x89PNG\r\n\x1a\n"):
+                        raise ValueError("not a PNG")
+                except ValueError:
+                    cut = True
+                    continue
+            total += len(data)
+            clean[mime] = data
+        if "text/plain" in clean:
+            out.append(clean)
+        else:
+            cut = True
+    return out, cut
 
 
 class Supervisor:
@@ -821,6 +1026,16 @@ class Supervisor:
             self.replace_worker()
             self.lost_since_last_run = False  # asked for: the caller knows state is gone
             self.send({"id": rid, "op": "ok", "pid": self.worker["pid"]})
+        elif op == "complete":
+            # Names for the REPL's tab key: asked of the worker like a short run.
+            if self.run is not None:
+                self.send({"id": rid, "op": "error", "message": "a run is in progress"})
+                return
+            self.start_run({"id": rid, "code": "", "timeout": 2, "worker_op": "complete",
+                            "text": req.get("text")})
+            self.run["complete"] = True
+        elif op == "is_complete":
+            self.send(dict(id=rid, op="ok", status=_input_status(req.get("code"))))
         elif op == "ping":
             self.send({"id": rid, "op": "ok", "busy": self.run is not None})
         elif op in FILE_OPS:
@@ -877,7 +1092,11 @@ class Supervisor:
             "oom_before": _oom_kills(),
             "reply": None,
         }
-        msg = json.dumps({"id": req["id"], "code": code, "reap": self.reap}).encode() + b"\n"
+        msg = json.dumps({"id": req["id"], "code": code, "reap": self.reap,
+                          "script": req.get("script") if isinstance(req.get("script"), dict) else None,
+                          "op": req.get("worker_op", "run"), "text": req.get("text"),
+                          "filename": req.get("filename") if isinstance(req.get("filename"), str) else None,
+                          }).encode() + b"\n"
         self.reap = []
         try:
             while msg:
@@ -932,9 +1151,13 @@ class Supervisor:
             if line is None or self.run is None:
                 continue  # oversize (forged) or between runs: never a result
             try:
-                reply = validate_reply(json.loads(line), self.caps)
+                raw = json.loads(line)
             except ValueError:
-                reply = None
+                continue
+            if self.run.get("complete"):
+                self.run["reply"] = _valid_matches(raw, self.run["id"])
+                continue
+            reply = validate_reply(raw, self.caps)
             if reply is not None and reply["id"] == self.run["id"]:
                 # Believed only once the worker is back in its loop (see check_done).
                 self.run["reply"] = reply
@@ -949,6 +1172,10 @@ class Supervisor:
         if idle is False:
             return
         reply = self.run["reply"]
+        if self.run.get("complete"):
+            self.run = None
+            self.send({"id": reply["id"], "op": "ok", "matches": reply["matches"]})
+            return
         self.finish_ok(reply)
 
     # -- results
@@ -979,8 +1206,14 @@ class Supervisor:
             res["stderr"] += "\n[biocage] %s\n" % reply["note"]
         err = reply["error"]
         res.update(value=reply["value"], value_truncated=reply["value_truncated"],
-                   images=reply["images"], images_truncated=reply["images_truncated"])
-        if err is None:
+                   images=reply["images"], images_truncated=reply["images_truncated"],
+                   displays=reply["displays"], displays_truncated=reply["displays_truncated"])
+        status = reply["exit_status"]
+        if err is None and status:
+            res.update(success=False, exit_code=status, error={
+                "kind": "exit", "name": "SystemExit", "message": "the code called sys.exit(%d)" % status,
+                "traceback": None})
+        elif err is None:
             res.update(success=True, exit_code=0, error=None)
         elif err["name"] == "KeyboardInterrupt" and self.run["interrupted"] and not self.run["host_interrupt"]:
             err.update(kind="timeout", message="execution exceeded the %.3g s timeout and was interrupted"

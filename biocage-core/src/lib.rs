@@ -33,6 +33,8 @@ pub use image::{BuildOptions, Progress};
 pub use launch::launch_session;
 pub use limits::{Capabilities, Enforcement, IdMap, LimitPlan, LimitStatus};
 pub use result::{ErrorKind, ExecutionError, ExecutionResult, Image};
-pub use runtime::{reap_orphans, SandboxRuntime, SandboxSummary, Session, SessionInfo};
+pub use runtime::{
+    reap_orphans, InputStatus, RunOptions, SandboxRuntime, SandboxSummary, Session, SessionInfo,
+};
 pub use session::AgentSession;
 pub use spec::{ContainerSpec, TmpfsMount, LABEL_MANAGED, LABEL_SESSION};

@@ -17,6 +17,9 @@ pub enum ErrorKind {
     Crashed,
     /// The sandbox itself failed (agent or engine).
     Sandbox,
+    /// The code called `sys.exit()` with a non-zero status (`exit_code` is that status);
+    /// the run ended, the session and its state did not.
+    Exit,
 }
 
 /// Details of a failed run.
@@ -36,6 +39,9 @@ pub struct ExecutionError {
     /// Line of a SyntaxError.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub line: Option<u32>,
+    /// Column (1-based) of a SyntaxError.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u32>,
     /// The message or the traceback went over its cap and was cut.
     #[serde(default)]
     pub truncated: bool,
@@ -60,6 +66,10 @@ pub const TRACEBACK_CAP: usize = 256 << 10;
 pub const MAX_IMAGES: usize = 16;
 /// Most bytes of figures (PNG, before base64) in a result.
 pub const MAX_IMAGE_BYTES: usize = 8 << 20;
+/// Most entries in a result's `displays`.
+pub const MAX_DISPLAYS: usize = 32;
+/// Most characters of all displays of a result together.
+pub const MAX_DISPLAY_BYTES: usize = 8 << 20;
 /// Most pixels rendered for the figures of one result (their size bounds the time
 /// rendering takes after the run).
 pub const MAX_IMAGE_PIXELS: u64 = 16_000_000;
@@ -104,6 +114,15 @@ pub struct ExecutionResult {
     /// Figures were left out: over the count, size or pixel caps.
     #[serde(default)]
     pub images_truncated: bool,
+    /// Rich output, in order: each `display(obj)` call, then the last expression's value;
+    /// each entry maps MIME types (text/plain always; text/html, text/markdown,
+    /// image/svg+xml, application/json (as JSON text), image/png (base64) where the object
+    /// offers them) to data.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub displays: Vec<std::collections::BTreeMap<String, String>>,
+    /// Displays or forms of them were left out: over their caps.
+    #[serde(default)]
+    pub displays_truncated: bool,
     /// The value's repr went over its cap and was cut.
     #[serde(default)]
     pub value_truncated: bool,
@@ -145,6 +164,7 @@ impl ExecutionResult {
                 message: message.into(),
                 traceback: None,
                 line: None,
+                offset: None,
                 truncated: false,
             }),
             state_lost,
@@ -153,6 +173,8 @@ impl ExecutionResult {
             value: None,
             images: Vec::new(),
             images_truncated: false,
+            displays: Vec::new(),
+            displays_truncated: false,
             value_truncated: false,
         }
     }
@@ -176,6 +198,7 @@ mod tests {
                 message: "bad".into(),
                 traceback: Some("tb".into()),
                 line: None,
+                offset: None,
                 truncated: false,
             }),
             state_lost: false,
@@ -184,6 +207,8 @@ mod tests {
             value: None,
             images: vec![],
             images_truncated: false,
+            displays: vec![],
+            displays_truncated: false,
             value_truncated: false,
         };
         let json = r.to_json();

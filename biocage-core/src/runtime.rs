@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Exposure, SandboxConfig};
 use crate::error::Result;
-use crate::image::BuildOptions;
+use crate::image::{BuildOptions, BuiltImage, ImageDetails};
 use crate::limits::{Capabilities, LimitPlan, LimitStatus};
 use crate::result::ExecutionResult;
 
@@ -29,12 +29,20 @@ pub trait SandboxRuntime: Send + Sync {
     /// Whether `image` is present in the engine.
     async fn image_exists(&self, image: &str) -> Result<bool>;
 
-    /// Builds the sandbox image through the engine API, calling `progress` per output line.
+    /// The image's id, size, user and labels (what BioCage recorded when it built it),
+    /// or None when the engine does not hold it.
+    async fn image_details(&self, image: &str) -> Result<Option<ImageDetails>>;
+
+    /// The BioCage images the engine holds (those with the `org.biocage.image` label).
+    async fn list_images(&self) -> Result<Vec<ImageDetails>>;
+
+    /// Builds an image through the engine API (the recipe, or a custom image with the
+    /// packages asked for; see [`crate::image`]), reporting progress to `progress`.
     async fn build_image(
         &self,
         opts: &BuildOptions,
-        progress: &mut crate::image::Progress,
-    ) -> Result<()>;
+        progress: &mut crate::image::Progress<'_>,
+    ) -> Result<BuiltImage>;
 
     /// Starts a sandbox and its live interpreter.
     async fn create_session(&self, config: &SandboxConfig) -> Result<Box<dyn Session>>;
@@ -181,6 +189,43 @@ pub struct SessionInfo {
     pub runs: u64,
 }
 
+/// How one run is made; [`RunOptions::default`] is a plain run with the configured limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RunOptions {
+    /// The run's time limit (the configured one if None).
+    pub timeout: Option<Duration>,
+    /// Run as a script: its path in the sandbox and its arguments.
+    pub script: Option<(String, Vec<String>)>,
+}
+
+impl RunOptions {
+    /// A run with its own time limit.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// A run as `python PATH ARGS...` would run a script at `path` in the sandbox.
+    pub fn script(mut self, path: impl Into<String>, argv: Vec<String>) -> Self {
+        self.script = Some((path.into(), argv));
+        self
+    }
+}
+
+/// Whether input at an interactive prompt is a whole statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum InputStatus {
+    /// Complete: run it.
+    Complete,
+    /// More lines are needed (an open block or bracket).
+    Incomplete,
+    /// Not valid Python: running it reports the SyntaxError.
+    Invalid,
+}
+
 /// A live sandbox with one interpreter whose state persists between runs.
 /// Object-safe; all methods take `&self` so that [`Session::interrupt`] can be called
 /// while a run is in progress.
@@ -194,6 +239,17 @@ pub trait Session: Send + Sync {
 
     /// Runs `code` with its own time limit.
     async fn run_with_timeout(&self, code: &str, timeout: Duration) -> Result<ExecutionResult>;
+
+    /// Runs `code` as `opts` say: its own time limit, or as a script file run with
+    /// arguments (`python PATH ARGS...`: `sys.argv`, `__file__`, `sys.path[0]`).
+    async fn run_with(&self, code: &str, opts: &RunOptions) -> Result<ExecutionResult>;
+
+    /// Whether `code` is a complete statement at an interactive prompt, decided by
+    /// Python's own `codeop` in the sandbox.
+    async fn input_status(&self, code: &str) -> Result<InputStatus>;
+
+    /// Names in the live namespace that complete `text` (for a REPL's tab key).
+    async fn complete(&self, text: &str) -> Result<Vec<String>>;
 
     /// Interrupts the run in progress (KeyboardInterrupt in user code; state kept).
     async fn interrupt(&self) -> Result<()>;

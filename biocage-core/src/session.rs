@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::limits::LimitPlan;
 use crate::mirror::RwMirror;
 use crate::result::{ErrorKind, ExecutionResult, EXIT_KILLED, EXIT_TIMEOUT};
-use crate::runtime::{Session, SessionInfo};
+use crate::runtime::{InputStatus, RunOptions, Session, SessionInfo};
 use crate::spec::reply_line_limit;
 use crate::staging::Staging;
 use crate::uids::UidLease;
@@ -257,10 +257,31 @@ impl Session for AgentSession {
     }
 
     async fn run(&self, code: &str) -> Result<ExecutionResult> {
-        self.run_with_timeout(code, self.config.timeout).await
+        self.run_with(code, &RunOptions::default()).await
     }
 
     async fn run_with_timeout(&self, code: &str, timeout: Duration) -> Result<ExecutionResult> {
+        self.run_with(code, &RunOptions::default().timeout(timeout))
+            .await
+    }
+
+    async fn input_status(&self, code: &str) -> Result<InputStatus> {
+        let reply = self.quick(json!({"op": "is_complete", "code": code})).await?;
+        serde_json::from_value(reply["status"].clone())
+            .map_err(|e| Error::Agent(format!("unexpected input status: {e}")))
+    }
+
+    async fn complete(&self, text: &str) -> Result<Vec<String>> {
+        let _one_run = self.run_lock.lock().await;
+        let reply = self.quick(json!({"op": "complete", "text": text})).await?;
+        Ok(reply["matches"]
+            .as_array()
+            .map(|m| m.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+            .unwrap_or_default())
+    }
+
+    async fn run_with(&self, code: &str, opts: &RunOptions) -> Result<ExecutionResult> {
+        let timeout = opts.timeout.unwrap_or(self.config.timeout);
         self.check_open()?;
         crate::config::timeout_from_secs(timeout.as_secs_f64())?;
         if code.len() > self.config.max_code_bytes {
@@ -283,7 +304,11 @@ impl Session for AgentSession {
         self.runs.fetch_add(1, Ordering::Relaxed);
         let started = std::time::Instant::now();
         let wait = timeout + self.config.interrupt_grace + HOST_SLACK;
-        let msg = json!({"op": "run", "code": code, "timeout": timeout.as_secs_f64()});
+        let mut msg = json!({"op": "run", "code": code, "timeout": timeout.as_secs_f64()});
+        if let Some((path, argv)) = &opts.script {
+            msg["script"] = json!({"path": path, "argv": argv});
+            msg["filename"] = json!(path);
+        }
         let outcome = channel.request(msg, wait).await;
         let elapsed = started.elapsed().as_secs_f64();
         let mut result = match outcome {

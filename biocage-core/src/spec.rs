@@ -10,7 +10,8 @@ use crate::config::{ExposureMode, SandboxConfig};
 use crate::error::{Error, Result};
 use crate::limits::LimitPlan;
 use crate::result::{
-    MAX_IMAGES, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MESSAGE_CAP, TRACEBACK_CAP, VALUE_CAP,
+    MAX_DISPLAYS, MAX_DISPLAY_BYTES, MAX_IMAGES, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS,
+    MESSAGE_CAP, TRACEBACK_CAP, VALUE_CAP,
 };
 use crate::staging::Staging;
 
@@ -32,7 +33,8 @@ pub fn reply_line_limit(config: &SandboxConfig) -> usize {
         .output_cap
         .saturating_mul(12)
         .saturating_add(7 * (VALUE_CAP + MESSAGE_CAP + TRACEBACK_CAP + (16 << 10)))
-        .saturating_add(MAX_IMAGE_BYTES * 4 / 3);
+        .saturating_add(MAX_IMAGE_BYTES * 4 / 3)
+        .saturating_add(MAX_DISPLAY_BYTES * 6);
     result
         .max(transfer.saturating_mul(4) / 3)
         .max(crate::mirror::PAGE_BYTES)
@@ -262,6 +264,8 @@ impl ContainerSpec {
             "max_images": MAX_IMAGES,
             "max_image_bytes": MAX_IMAGE_BYTES,
             "max_image_pixels": MAX_IMAGE_PIXELS,
+            "max_displays": MAX_DISPLAYS,
+            "max_display_bytes": MAX_DISPLAY_BYTES,
             "max_code_bytes": config.max_code_bytes,
             "request_cap": request_line_limit(config),
             "deny_syscalls": plan.denied_syscalls,

@@ -78,6 +78,12 @@ conformance!(
     host::no_view_of_the_host,
     host::kernel_counters_are_not_shared,
     host::shared_memory_is_bounded,
+    fidelity::main_module_is_registered,
+    fidelity::broken_exceptions_keep_state,
+    fidelity::sys_exit_ends_the_run,
+    fidelity::notebook_habits,
+    fidelity::scripts_run_as_python_runs_them,
+    fidelity::error_fields_are_exact,
 );
 
 #[rstest]

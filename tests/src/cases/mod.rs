@@ -2,6 +2,7 @@
 
 pub mod crashes;
 pub mod errors;
+pub mod fidelity;
 pub mod files;
 pub mod host;
 pub mod hostile;
