@@ -35,7 +35,7 @@ wait_for() { # wait_for SECONDS command...
 }
 
 setup_docker() {
-  apt_install docker.io debootstrap python3-pip
+  apt_install docker.io debootstrap python3-pip tmux
   if ! docker version >/dev/null 2>&1; then
     log "starting dockerd (log: $LOGDIR/dockerd.log)"
     setsid dockerd >"$LOGDIR/dockerd.log" 2>&1 < /dev/null &

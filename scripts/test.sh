@@ -19,9 +19,11 @@ set -e
 awk '/Running tests\/conformance.rs/ {on=1; next} /Running / {on=0} on' "$log" > "$log.conformance"
 echo "== conformance cases per backend"
 for engine in ${BIOCAGE_TEST_ENGINES//,/ }; do
-  passed=$(grep -cE "^test .*::case_[0-9]+_${engine} \.\.\. ok$" "$log.conformance" || true)
-  failed=$(grep -cE "^test .*::case_[0-9]+_${engine} \.\.\. FAILED$" "$log.conformance" || true)
-  echo "$engine: $passed passed, $failed failed"
+  passed=$(grep -cE "^test .*::${engine} +\.\.\. ok$" "$log.conformance" || true)
+  failed=$(grep -cE "^test .*::${engine} +\.\.\. FAILED$" "$log.conformance" || true)
+  ignored=$(grep -cE "^test .*::${engine} +\.\.\. ignored" "$log.conformance" || true)
+  echo "$engine: $passed passed, $failed failed, $ignored ignored"
+  grep -E "^test .*::${engine} +\.\.\. ignored" "$log.conformance" | sed 's/^test /  not run: /' || true
 done
 rm -f "$log.conformance"
 if [ -s "$report" ]; then

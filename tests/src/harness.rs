@@ -39,6 +39,39 @@ pub async fn connect(engine: &str) -> biocage_core::Result<Box<dyn SandboxRuntim
     }
 }
 
+/// Why `engine` is not under test, or `None` when it is (BIOCAGE_TEST_ENGINES lists it).
+pub fn not_selected(engine: &str) -> Option<String> {
+    match std::env::var(ENGINES_VAR) {
+        Ok(v) if v.split(',').any(|e| e.trim() == engine) => None,
+        Ok(v) => Some(format!("{engine} is not listed in {ENGINES_VAR}={v}")),
+        Err(_) => Some(format!(
+            "engine tests do not run; set {ENGINES_VAR}=docker,podman (scripts/test.sh does)"
+        )),
+    }
+}
+
+static SKIPS: std::sync::Mutex<Vec<(String, String, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// Says that `case` does not apply to `engine` (a capability it lacks): the runner
+/// reports the case as ignored with `reason`, never as passed. The case returns then.
+pub fn skip(engine: &str, case: &str, reason: &str) {
+    note_capability(engine, case, reason);
+    SKIPS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((engine.to_string(), case.to_string(), reason.to_string()));
+}
+
+/// The reason `case` was skipped on `engine`, if it was.
+pub fn skipped(engine: &str, case: &str) -> Option<String> {
+    SKIPS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|(e, c, _)| e == engine && c == case)
+        .map(|(_, _, r)| r.clone())
+}
+
 /// The runtime for `engine` if it is under test; `None` (after one loud line) if not.
 /// Panics when the engine is required but unreachable.
 pub async fn runtime(engine: &str) -> Option<Box<dyn SandboxRuntime>> {

@@ -3,7 +3,7 @@
 
 use biocage_core::SandboxRuntime;
 
-use crate::harness::{config_builder, note_capability, ok, run, session};
+use crate::harness::{config_builder, ok, run, session};
 
 /// Runs `code` in a fresh default session and returns its stdout (which must succeed).
 async fn probe(rt: &dyn SandboxRuntime, code: &str) -> String {
@@ -56,7 +56,7 @@ pub async fn network_only_when_enabled(rt: &dyn SandboxRuntime) {
         Err(e) if rt.name() == "podman" => {
             // Rootless networking needs slirp4netns with /dev/net/tun, which this kind of
             // machine does not give to unprivileged users.
-            note_capability(
+            crate::harness::skip(
                 rt.name(),
                 "network_only_when_enabled",
                 &format!("network on could not start here: {e}"),
