@@ -15,6 +15,12 @@ set +e
 cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
+# Real doctest examples (stdlib and pandas) replayed through `biocage --json repl`,
+# against native doctest in the same image, on every engine.
+echo "== doctest replay"
+for engine in ${BIOCAGE_TEST_ENGINES//,/ }; do
+  python3 tests/doctest_replay.py --biocage target/debug/biocage --runtime "$engine" 2>/dev/null | tail -n 12 || status=1
+done
 # The conformance suite's own lines (tests/tests/conformance.rs), per backend.
 awk '/Running tests\/conformance.rs/ {on=1; next} /Running / {on=0} on' "$log" > "$log.conformance"
 echo "== conformance cases per backend"
