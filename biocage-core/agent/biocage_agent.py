@@ -299,6 +299,8 @@ class Worker:
         sys.modules["__main__"] = main
         self.namespace = main.__dict__
         self.displays = []
+        self.streaming = False
+        self.current_id = None
         self.async_loop = None
         # Set now, so that asyncio.get_event_loop() outside a coroutine is the same loop
         # top-level await runs on.
@@ -358,9 +360,14 @@ class Worker:
                 pass
 
     def display(self, *objs, **_kwargs):
-        """Shows each object in the result's `displays` (as IPython's display() does)."""
+        """Shows each object in the result's `displays` (as IPython's display() does);
+        during a streamed run, each goes to the host at once too."""
         for obj in objs:
-            self.displays.append(mimebundle(obj, self.caps))
+            bundle = mimebundle(obj, self.caps)
+            self.displays.append(bundle)
+            if self.streaming:
+                self._flush_all()  # what was printed before it comes first
+                self.answer({"id": self.current_id, "event": "display", "bundle": bundle})
 
     def event_loop(self):
         """The session's own event loop: top-level await runs on it, and it persists."""
@@ -383,6 +390,8 @@ class Worker:
         self.restore_stdio()
         self.cell += 1
         self.displays = []
+        self.current_id = req["id"]
+        self.streaming = bool(req.get("stream"))
         script = req.get("script")
         if isinstance(script, dict):
             # Run as `python PATH ARGS...` runs it.
@@ -756,11 +765,13 @@ class Capture:
         self.truncated = False
 
     def add(self, chunk):
+        """Keeps what fits under the cap; returns the part kept."""
         room = self.cap - len(self.data)
-        if room > 0:
-            self.data += chunk[:room]
+        kept = chunk[:room] if room > 0 else b""
+        self.data += kept
         if len(chunk) > room:
             self.truncated = True
+        return kept
 
     def text(self):
         return self.data.decode("utf-8", "replace")
@@ -1091,8 +1102,10 @@ class Supervisor:
             "err": Capture(self.caps.output),
             "oom_before": _oom_kills(),
             "reply": None,
+            "stream": bool(req.get("stream")),
+            "decoders": {k: codecs.getincrementaldecoder("utf-8")("replace") for k in ("out", "err")},
         }
-        msg = json.dumps({"id": req["id"], "code": code, "reap": self.reap,
+        msg = json.dumps({"id": req["id"], "code": code, "reap": self.reap, "stream": bool(req.get("stream")),
                           "script": req.get("script") if isinstance(req.get("script"), dict) else None,
                           "op": req.get("worker_op", "run"), "text": req.get("text"),
                           "filename": req.get("filename") if isinstance(req.get("filename"), str) else None,
@@ -1127,7 +1140,7 @@ class Supervisor:
                 if not chunk:
                     break
                 if not discard and self.run is not None:
-                    self.run[key].add(chunk)
+                    self.captured(key, chunk)
 
     def on_output(self, key):
         try:
@@ -1135,7 +1148,18 @@ class Supervisor:
         except OSError:
             return
         if chunk and self.run is not None:
-            self.run[key].add(chunk)
+            self.captured(key, chunk)
+
+    def captured(self, key, chunk):
+        """Keeps output of the run within its cap and, for a streamed run, sends what was
+        kept to the host at once (decoded across chunk boundaries)."""
+        kept = self.run[key].add(chunk)
+        decoder = self.run["decoders"].get(key) if self.run.get("stream") else None
+        if decoder is not None and kept:
+            text = decoder.decode(kept)
+            if text:
+                self.send({"id": self.run["id"], "op": "output",
+                           "stream": "stdout" if key == "out" else "stderr", "data": text})
 
     def on_result(self):
         try:
@@ -1156,6 +1180,12 @@ class Supervisor:
                 continue
             if self.run.get("complete"):
                 self.run["reply"] = _valid_matches(raw, self.run["id"])
+                continue
+            if isinstance(raw, dict) and "event" in raw:
+                # A display() during a streamed run: checked like the result's displays.
+                shown, _cut = _valid_displays([raw.get("bundle")], self.caps)
+                if self.run.get("stream") and shown and raw.get("id") == self.run["id"]:
+                    self.send({"id": self.run["id"], "op": "display", "bundle": shown[0]})
                 continue
             reply = validate_reply(raw, self.caps)
             if reply is not None and reply["id"] == self.run["id"]:

@@ -30,9 +30,13 @@ pub enum ChannelError {
     Send(String),
 }
 
+/// Receives the events of a streamed request (called on the reader task: must not block).
+pub type EventSink = Box<dyn Fn(Value) + Send + Sync>;
+
 #[derive(Default)]
 struct Pending {
     waiters: HashMap<u64, oneshot::Sender<Value>>,
+    sinks: HashMap<u64, EventSink>,
     hello: Option<oneshot::Sender<Value>>,
     closed: bool,
 }
@@ -78,7 +82,18 @@ impl AgentChannel {
     }
 
     /// Sends `msg` (an object; its "id" is set here) and waits up to `wait` for the reply.
-    pub async fn request(&self, mut msg: Value, wait: Duration) -> Result<Value, ChannelError> {
+    pub async fn request(&self, msg: Value, wait: Duration) -> Result<Value, ChannelError> {
+        self.request_streaming(msg, wait, None).await
+    }
+
+    /// Like [`AgentChannel::request`]; messages with the request's id and op "output" or
+    /// "display" that come before the reply go to `sink`.
+    pub async fn request_streaming(
+        &self,
+        mut msg: Value,
+        wait: Duration,
+        sink: Option<EventSink>,
+    ) -> Result<Value, ChannelError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         msg["id"] = json!(id);
         let (tx, rx) = oneshot::channel();
@@ -88,7 +103,22 @@ impl AgentChannel {
                 return Err(ChannelError::Closed);
             }
             p.waiters.insert(id, tx);
+            if let Some(sink) = sink {
+                p.sinks.insert(id, sink);
+            }
         }
+        let outcome = self.send_and_wait(id, msg, wait, rx).await;
+        lock(&self.pending).sinks.remove(&id);
+        outcome
+    }
+
+    async fn send_and_wait(
+        &self,
+        id: u64,
+        msg: Value,
+        wait: Duration,
+        rx: oneshot::Receiver<Value>,
+    ) -> Result<Value, ChannelError> {
         let mut line = msg.to_string().into_bytes();
         line.push(b'\n');
         let sent = async {
@@ -163,6 +193,7 @@ async fn read_loop(
     let mut p = lock(&pending);
     p.closed = true;
     p.waiters.clear();
+    p.sinks.clear();
     p.hello = None;
 }
 
@@ -197,6 +228,12 @@ fn dispatch(line: &[u8], pending: &Mutex<Pending>) {
         }
     };
     let mut p = lock(pending);
+    if msg["op"] == "output" || msg["op"] == "display" {
+        if let Some(sink) = msg["id"].as_u64().and_then(|id| p.sinks.get(&id)) {
+            sink(msg);
+        }
+        return;
+    }
     if msg["op"] == "hello" {
         if let Some(tx) = p.hello.take() {
             let _ = tx.send(msg);

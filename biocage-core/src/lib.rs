@@ -18,6 +18,7 @@ pub mod image;
 pub mod launch;
 pub mod limits;
 mod mirror;
+pub mod pool;
 pub mod result;
 pub mod runtime;
 pub mod session;
@@ -32,9 +33,11 @@ pub use error::{Error, Result};
 pub use image::{BuildOptions, Progress};
 pub use launch::launch_session;
 pub use limits::{Capabilities, Enforcement, IdMap, LimitPlan, LimitStatus};
+pub use pool::{PoolOptions, PoolStats, SessionPool};
 pub use result::{ErrorKind, ExecutionError, ExecutionResult, Image};
 pub use runtime::{
-    reap_orphans, InputStatus, RunOptions, SandboxRuntime, SandboxSummary, Session, SessionInfo,
+    reap_orphans, InputStatus, RunEvent, RunOptions, SandboxRuntime, SandboxSummary, Session,
+    SessionInfo,
 };
 pub use session::AgentSession;
 pub use spec::{ContainerSpec, TmpfsMount, LABEL_MANAGED, LABEL_SESSION};

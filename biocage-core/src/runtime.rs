@@ -213,6 +213,38 @@ impl RunOptions {
     }
 }
 
+/// Something a run produced while it was going (see [`Session::run_streaming`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RunEvent {
+    /// Text written to stdout.
+    Stdout(String),
+    /// Text written to stderr.
+    Stderr(String),
+    /// A `display(obj)` call: MIME type to data, as in the result's `displays`.
+    Display(std::collections::BTreeMap<String, String>),
+}
+
+impl RunEvent {
+    /// The event an agent message describes, if it is one.
+    pub(crate) fn from_agent(msg: &serde_json::Value) -> Option<Self> {
+        match msg["op"].as_str()? {
+            "output" => {
+                let text = msg["data"].as_str()?.to_string();
+                Some(if msg["stream"] == "stderr" {
+                    RunEvent::Stderr(text)
+                } else {
+                    RunEvent::Stdout(text)
+                })
+            }
+            "display" => serde_json::from_value(msg["bundle"].clone())
+                .ok()
+                .map(RunEvent::Display),
+            _ => None,
+        }
+    }
+}
+
 /// Whether input at an interactive prompt is a whole statement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -244,12 +276,26 @@ pub trait Session: Send + Sync {
     /// arguments (`python PATH ARGS...`: `sys.argv`, `__file__`, `sys.path[0]`).
     async fn run_with(&self, code: &str, opts: &RunOptions) -> Result<ExecutionResult>;
 
+    /// Runs `code` as [`Session::run_with`] does, sending its output (and displays) to
+    /// `events` as they are produced. The result is complete whatever the consumer does;
+    /// events that find `events` full are dropped (a slow consumer never blocks the
+    /// sandbox nor grows memory), and the caps hold as for the result.
+    async fn run_streaming(
+        &self,
+        code: &str,
+        opts: &RunOptions,
+        events: tokio::sync::mpsc::Sender<RunEvent>,
+    ) -> Result<ExecutionResult>;
+
     /// Whether `code` is a complete statement at an interactive prompt, decided by
     /// Python's own `codeop` in the sandbox.
     async fn input_status(&self, code: &str) -> Result<InputStatus>;
 
     /// Names in the live namespace that complete `text` (for a REPL's tab key).
     async fn complete(&self, text: &str) -> Result<Vec<String>>;
+
+    /// A round trip to the supervisor: fails when the session cannot run code now.
+    async fn ping(&self) -> Result<()>;
 
     /// Interrupts the run in progress (KeyboardInterrupt in user code; state kept).
     async fn interrupt(&self) -> Result<()>;

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::limits::LimitPlan;
 use crate::mirror::RwMirror;
 use crate::result::{ErrorKind, ExecutionResult, EXIT_KILLED, EXIT_TIMEOUT};
-use crate::runtime::{InputStatus, RunOptions, Session, SessionInfo};
+use crate::runtime::{InputStatus, RunEvent, RunOptions, Session, SessionInfo};
 use crate::spec::reply_line_limit;
 use crate::staging::Staging;
 use crate::uids::UidLease;
@@ -43,7 +43,7 @@ pub struct AgentSession {
     plan: LimitPlan,
     agent_argv: Vec<String>,
     conn: tokio::sync::RwLock<Connection>,
-    run_lock: tokio::sync::Mutex<()>,
+    run_lock: Arc<tokio::sync::Mutex<()>>,
     /// The supervisor was replaced since the last result: the next one reports lost state.
     lost: AtomicBool,
     runs: AtomicU64,
@@ -92,7 +92,7 @@ impl AgentSession {
             plan,
             agent_argv,
             conn: tokio::sync::RwLock::new(conn),
-            run_lock: tokio::sync::Mutex::new(()),
+            run_lock: Arc::new(tokio::sync::Mutex::new(())),
             lost: AtomicBool::new(false),
             runs: AtomicU64::new(0),
             temp_files: AtomicU64::new(0),
@@ -179,6 +179,104 @@ impl AgentSession {
         }
     }
 
+    async fn run_inner(
+        &self,
+        code: &str,
+        opts: &RunOptions,
+        events: Option<tokio::sync::mpsc::Sender<RunEvent>>,
+    ) -> Result<ExecutionResult> {
+        let timeout = opts.timeout.unwrap_or(self.config.timeout);
+        self.check_open()?;
+        crate::config::timeout_from_secs(timeout.as_secs_f64())?;
+        if code.len() > self.config.max_code_bytes {
+            return Err(Error::InvalidConfig {
+                field: "code",
+                value: format!("{} bytes", code.len()),
+                reason: format!(
+                    "code of one run is capped at {} ({} bytes, max_code_bytes); split it, or write data to a file with write_file",
+                    crate::size::format_size(self.config.max_code_bytes as u64),
+                    self.config.max_code_bytes
+                ),
+            });
+        }
+        let one_run = self.run_lock.clone().lock_owned().await;
+        let mut channel = self.channel().await;
+        if channel.is_closed() {
+            self.reconnect().await?;
+            channel = self.channel().await;
+        }
+        self.runs.fetch_add(1, Ordering::Relaxed);
+        let started = std::time::Instant::now();
+        let wait = timeout + self.config.interrupt_grace + HOST_SLACK;
+        let mut msg = json!({"op": "run", "code": code, "timeout": timeout.as_secs_f64()});
+        if let Some((path, argv)) = &opts.script {
+            msg["script"] = json!({"path": path, "argv": argv});
+            msg["filename"] = json!(path);
+        }
+        if events.is_some() {
+            msg["stream"] = json!(true);
+        }
+        let sink = events.map(|tx| -> crate::channel::EventSink {
+            Box::new(move |msg| {
+                if let Some(event) = RunEvent::from_agent(&msg) {
+                    // Full: dropped. The result holds everything within the caps anyway.
+                    let _ = tx.try_send(event);
+                }
+            })
+        });
+        // Dropped before the reply (the caller gave up): the run is interrupted and the
+        // session stays locked until the sandbox is idle again.
+        let mut pending = PendingRun {
+            channel: channel.clone(),
+            lock: Some(one_run),
+            wait,
+        };
+        let outcome = channel.request_streaming(msg, wait, sink).await;
+        pending.lock = None;
+        let elapsed = started.elapsed().as_secs_f64();
+        let mut result = match outcome {
+            Ok(reply) if reply["op"] == "result" => {
+                serde_json::from_value::<ExecutionResult>(reply)
+                    .map_err(|e| Error::Agent(format!("malformed result from the agent: {e}")))?
+            }
+            Ok(reply) => {
+                return Err(Error::Agent(
+                    reply["message"]
+                        .as_str()
+                        .unwrap_or("unexpected reply")
+                        .to_string(),
+                ))
+            }
+            Err(ChannelError::Closed) | Err(ChannelError::Send(_)) => {
+                self.reconnect().await?;
+                self.lost_result(
+                    ErrorKind::Crashed,
+                    "SupervisorKilled",
+                    "the sandbox supervisor was killed during the run (output of the run is lost); a fresh interpreter was started and earlier state is lost".into(),
+                    EXIT_KILLED,
+                    elapsed,
+                )
+            }
+            Err(ChannelError::TimedOut(_)) => {
+                self.reconnect().await?;
+                self.lost_result(
+                    ErrorKind::Timeout,
+                    "TimeoutError",
+                    format!("the run exceeded its {timeout:?} limit and the sandbox stopped answering; every sandbox process was killed and earlier state is lost"),
+                    EXIT_TIMEOUT,
+                    elapsed,
+                )
+            }
+        };
+        if self.lost.swap(false, Ordering::AcqRel) {
+            result.state_lost = true;
+        }
+        if let Some(note) = self.sync_back().await {
+            result.stderr.push_str(&note);
+        }
+        Ok(result)
+    }
+
     fn lost_result(
         &self,
         kind: ErrorKind,
@@ -220,6 +318,37 @@ async fn connect(
         channel: Arc::new(channel),
         python: hello["python"].as_str().unwrap_or("").to_string(),
     })
+}
+
+/// A run whose caller may give up: dropped while `lock` is still held, it interrupts the
+/// run and keeps the session locked until the supervisor is idle again.
+struct PendingRun {
+    channel: Arc<AgentChannel>,
+    lock: Option<tokio::sync::OwnedMutexGuard<()>>,
+    wait: Duration,
+}
+
+impl Drop for PendingRun {
+    fn drop(&mut self) {
+        let Some(lock) = self.lock.take() else {
+            return;
+        };
+        let (channel, wait) = (self.channel.clone(), self.wait);
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _lock = lock;
+                let _ = channel.request(json!({"op": "interrupt"}), QUICK_TIMEOUT).await;
+                let deadline = tokio::time::Instant::now() + wait;
+                while tokio::time::Instant::now() < deadline {
+                    match channel.request(json!({"op": "ping"}), QUICK_TIMEOUT).await {
+                        Ok(reply) if reply["busy"] == false => break,
+                        Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                        Err(_) => break,
+                    }
+                }
+            });
+        }
+    }
 }
 
 /// Refuses a supervisor that could not harden itself (its seccomp filter or
@@ -265,6 +394,10 @@ impl Session for AgentSession {
             .await
     }
 
+    async fn ping(&self) -> Result<()> {
+        self.quick(json!({"op": "ping"})).await.map(drop)
+    }
+
     async fn input_status(&self, code: &str) -> Result<InputStatus> {
         let reply = self.quick(json!({"op": "is_complete", "code": code})).await?;
         serde_json::from_value(reply["status"].clone())
@@ -281,77 +414,16 @@ impl Session for AgentSession {
     }
 
     async fn run_with(&self, code: &str, opts: &RunOptions) -> Result<ExecutionResult> {
-        let timeout = opts.timeout.unwrap_or(self.config.timeout);
-        self.check_open()?;
-        crate::config::timeout_from_secs(timeout.as_secs_f64())?;
-        if code.len() > self.config.max_code_bytes {
-            return Err(Error::InvalidConfig {
-                field: "code",
-                value: format!("{} bytes", code.len()),
-                reason: format!(
-                    "code of one run is capped at {} ({} bytes, max_code_bytes); split it, or write data to a file with write_file",
-                    crate::size::format_size(self.config.max_code_bytes as u64),
-                    self.config.max_code_bytes
-                ),
-            });
-        }
-        let _one_run = self.run_lock.lock().await;
-        let mut channel = self.channel().await;
-        if channel.is_closed() {
-            self.reconnect().await?;
-            channel = self.channel().await;
-        }
-        self.runs.fetch_add(1, Ordering::Relaxed);
-        let started = std::time::Instant::now();
-        let wait = timeout + self.config.interrupt_grace + HOST_SLACK;
-        let mut msg = json!({"op": "run", "code": code, "timeout": timeout.as_secs_f64()});
-        if let Some((path, argv)) = &opts.script {
-            msg["script"] = json!({"path": path, "argv": argv});
-            msg["filename"] = json!(path);
-        }
-        let outcome = channel.request(msg, wait).await;
-        let elapsed = started.elapsed().as_secs_f64();
-        let mut result = match outcome {
-            Ok(reply) if reply["op"] == "result" => {
-                serde_json::from_value::<ExecutionResult>(reply)
-                    .map_err(|e| Error::Agent(format!("malformed result from the agent: {e}")))?
-            }
-            Ok(reply) => {
-                return Err(Error::Agent(
-                    reply["message"]
-                        .as_str()
-                        .unwrap_or("unexpected reply")
-                        .to_string(),
-                ))
-            }
-            Err(ChannelError::Closed) | Err(ChannelError::Send(_)) => {
-                self.reconnect().await?;
-                self.lost_result(
-                    ErrorKind::Crashed,
-                    "SupervisorKilled",
-                    "the sandbox supervisor was killed during the run (output of the run is lost); a fresh interpreter was started and earlier state is lost".into(),
-                    EXIT_KILLED,
-                    elapsed,
-                )
-            }
-            Err(ChannelError::TimedOut(_)) => {
-                self.reconnect().await?;
-                self.lost_result(
-                    ErrorKind::Timeout,
-                    "TimeoutError",
-                    format!("the run exceeded its {timeout:?} limit and the sandbox stopped answering; every sandbox process was killed and earlier state is lost"),
-                    EXIT_TIMEOUT,
-                    elapsed,
-                )
-            }
-        };
-        if self.lost.swap(false, Ordering::AcqRel) {
-            result.state_lost = true;
-        }
-        if let Some(note) = self.sync_back().await {
-            result.stderr.push_str(&note);
-        }
-        Ok(result)
+        self.run_inner(code, opts, None).await
+    }
+
+    async fn run_streaming(
+        &self,
+        code: &str,
+        opts: &RunOptions,
+        events: tokio::sync::mpsc::Sender<RunEvent>,
+    ) -> Result<ExecutionResult> {
+        self.run_inner(code, opts, Some(events)).await
     }
 
     async fn interrupt(&self) -> Result<()> {

@@ -92,6 +92,10 @@ fn all_cases() -> Vec<(&'static str, Case)> {
         case!(fidelity::notebook_habits),
         case!(fidelity::scripts_run_as_python_runs_them),
         case!(fidelity::error_fields_are_exact),
+        case!(scale::pool_hands_out_fresh_sessions),
+        case!(scale::pool_survives_engine_errors),
+        case!(scale::output_streams_while_running),
+        case!(scale::concurrency_is_served),
     ]
 }
 

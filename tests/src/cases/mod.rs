@@ -11,6 +11,7 @@ pub mod limits;
 pub mod load;
 pub mod output;
 pub mod resources;
+pub mod scale;
 pub mod security;
 pub mod state;
 pub mod timeouts;
