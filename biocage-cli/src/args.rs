@@ -58,6 +58,10 @@ pub enum Command {
     },
     /// An interactive session; with --json, one JSON request per line on stdin.
     Repl {
+        /// Keep N sessions started (--json): a {"reset": true} request then hands over a
+        /// fresh sandbox at once.
+        #[arg(long, value_name = "N")]
+        pool: Option<usize>,
         /// Sandbox settings.
         #[command(flatten)]
         opts: SessionOpts,

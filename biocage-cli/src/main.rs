@@ -48,27 +48,8 @@ fn init_logs(cli: &Cli) {
 async fn dispatch(cli: &Cli) -> Result<i32, exit::CliError> {
     match &cli.command {
         Command::Run { file, args, opts } => run::run(cli, file.as_ref(), args, opts).await,
-        Command::Repl { opts } => repl::repl(cli, opts).await,
-        Command::Image {
-            command:
-                ImageCommand::Build {
-                    base,
-                    requirements,
-                    tag,
-                    context,
-                    offline,
-                },
-        } => {
-            image::build(
-                cli,
-                context,
-                tag,
-                base.as_deref(),
-                requirements.as_deref(),
-                *offline,
-            )
-            .await
-        }
+        Command::Repl { pool, opts } => repl::repl(cli, *pool, opts).await,
+        Command::Image { command } => image::image(cli, command).await,
         Command::Doctor { image } => doctor::doctor(cli, image).await,
         Command::Ps => ps::ps(cli).await,
         Command::Gc { all } => ps::gc(cli, *all).await,

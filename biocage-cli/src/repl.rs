@@ -2,77 +2,162 @@
 
 use std::io::Write;
 
-use biocage_core::{InputStatus, Session};
+use biocage_core::{InputStatus, PoolOptions, RunEvent, RunOptions, Session, SessionPool};
 use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::args::{Cli, SessionOpts};
 use crate::exit::{CliError, OK};
 use crate::inert::Stream;
-use crate::run::print_result;
+use crate::run::print_after_live;
 use crate::{config, engine, progress};
 
 /// One request of the JSON interface.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Request {
-    code: String,
+    #[serde(default)]
+    code: Option<String>,
     #[serde(default)]
     timeout: Option<f64>,
+    /// Send output as it comes, one event per line, before the result.
+    #[serde(default)]
+    stream: bool,
+    /// A fresh interpreter (from the pool: a fresh sandbox) instead of running code.
+    #[serde(default)]
+    reset: bool,
 }
 
 /// Runs the session until end of input; closes it (removing the container) then.
-pub async fn repl(cli: &Cli, opts: &SessionOpts) -> Result<i32, CliError> {
+pub async fn repl(cli: &Cli, pool: Option<usize>, opts: &SessionOpts) -> Result<i32, CliError> {
     let config = config::build(opts)?;
-    let rt = engine::connect(cli.runtime).await?;
+    let rt: std::sync::Arc<dyn biocage_core::SandboxRuntime> =
+        std::sync::Arc::from(engine::connect(cli.runtime).await?);
     let spinner = progress::spinner(cli, "starting the sandbox");
-    let session = rt.create_session(&config).await?;
+    let pool = match pool {
+        Some(n) if n > 0 => {
+            Some(SessionPool::new(rt.clone(), config.clone(), PoolOptions::new(n)).await?)
+        }
+        _ => None,
+    };
+    let session = match &pool {
+        Some(p) => p.acquire().await?,
+        None => rt.create_session(&config).await?,
+    };
     spinner.finish_and_clear();
-    let outcome = if cli.json {
-        json_loop(session.as_ref()).await
+    let (session, outcome) = if cli.json {
+        json_loop(session, pool.as_ref()).await
     } else {
-        human_loop(session.as_ref(), rt.name()).await
+        let outcome = human_loop(session.as_ref(), rt.name()).await;
+        (session, outcome)
     };
     if let Err(e) = session.close().await {
         tracing::warn!("closing the sandbox: {e}");
     }
+    if let Some(p) = pool {
+        p.shutdown().await;
+    }
     outcome.map(|()| OK)
 }
 
-async fn json_loop(session: &dyn Session) -> Result<(), CliError> {
+fn emit(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// The JSON interface: requests in, results (and, for streamed runs, events) out, in
+/// order. Returns the session in use at the end (a reset may have replaced it).
+async fn json_loop(
+    mut session: Box<dyn Session>,
+    pool: Option<&SessionPool>,
+) -> (Box<dyn Session>, Result<(), CliError>) {
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut n = 0u64;
-    while let Some(line) = lines
-        .next_line()
-        .await
-        .map_err(|e| CliError::usage(format!("cannot read standard input: {e}")))?
-    {
+    loop {
+        let line = match lines.next_line().await {
+            Ok(Some(line)) => line,
+            Ok(None) => return (session, Ok(())),
+            Err(e) => {
+                return (
+                    session,
+                    Err(CliError::usage(format!("cannot read standard input: {e}"))),
+                )
+            }
+        };
         n += 1;
         if line.trim().is_empty() {
             continue;
         }
-        let reply = match serde_json::from_str::<Request>(&line) {
-            Err(e) => serde_json::json!({
-                "error": format!("line {n} is not a request: {e}; send {{\"code\": \"...\", \"timeout\": 5}}"),
-            })
-            .to_string(),
-            Ok(req) => {
-                let result = match req.timeout.map(biocage_core::config::timeout_from_secs) {
-                    Some(Err(e)) => Err(e),
-                    Some(Ok(t)) => session.run_with_timeout(&req.code, t).await,
-                    None => session.run(&req.code).await,
-                };
-                match result {
-                    Ok(r) => r.to_json(),
-                    Err(e) => serde_json::json!({"error": e.to_string()}).to_string(),
-                }
+        let req = match serde_json::from_str::<Request>(&line) {
+            Ok(req) if req.code.is_some() || req.reset => req,
+            Ok(_) | Err(_) => {
+                emit(&serde_json::json!({
+                    "error": format!("line {n} is not a request; send {{\"code\": \"...\", \"timeout\": 5, \"stream\": false}} or {{\"reset\": true}}"),
+                }).to_string());
+                continue;
             }
         };
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{reply}");
-        let _ = out.flush();
+        if req.reset {
+            let outcome = match pool {
+                Some(p) => match p.acquire().await {
+                    Ok(fresh) => {
+                        let old = std::mem::replace(&mut session, fresh);
+                        tokio::spawn(async move {
+                            if let Err(e) = old.close().await {
+                                tracing::warn!("closing a used sandbox: {e}");
+                            }
+                        });
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                },
+                None => session.restart().await,
+            };
+            emit(&match outcome {
+                Ok(()) => serde_json::json!({"reset": true, "session_id": session.id()}),
+                Err(e) => serde_json::json!({"error": e.to_string()}),
+            }.to_string());
+            continue;
+        }
+        let code = req.code.unwrap_or_default();
+        let mut run = RunOptions::default();
+        match req.timeout.map(biocage_core::config::timeout_from_secs) {
+            Some(Err(e)) => {
+                emit(&serde_json::json!({"error": e.to_string()}).to_string());
+                continue;
+            }
+            Some(Ok(t)) => run = run.timeout(t),
+            None => {}
+        }
+        let result = if req.stream {
+            let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+            let printer = tokio::spawn(async move {
+                while let Some(event) = rx.recv().await {
+                    emit(&event_json(&event).to_string());
+                }
+            });
+            let result = session.run_streaming(&code, &run, tx).await;
+            let _ = printer.await;
+            result
+        } else {
+            session.run_with(&code, &run).await
+        };
+        emit(&match result {
+            Ok(r) => r.to_json(),
+            Err(e) => serde_json::json!({"error": e.to_string()}).to_string(),
+        });
     }
-    Ok(())
+}
+
+/// One streamed event as a JSON line of `repl --json`.
+pub fn event_json(event: &RunEvent) -> serde_json::Value {
+    match event {
+        RunEvent::Stdout(text) => serde_json::json!({"event": "stdout", "data": text}),
+        RunEvent::Stderr(text) => serde_json::json!({"event": "stderr", "data": text}),
+        RunEvent::Display(bundle) => serde_json::json!({"event": "display", "data": bundle}),
+        _ => serde_json::json!({"event": "other"}),
+    }
 }
 
 /// Where the human REPL keeps its history: `$XDG_DATA_HOME/biocage/history`, else
@@ -137,7 +222,9 @@ async fn human_loop(session: &dyn Session, engine: &str) -> Result<(), CliError>
             continue;
         }
         input.add_history(&code);
-        let run = session.run(&code);
+        let live = crate::run::Live::start();
+        let plain = RunOptions::default();
+        let run = session.run_streaming(&code, &plain, live.sender());
         tokio::pin!(run);
         let result = loop {
             tokio::select! {
@@ -152,9 +239,10 @@ async fn human_loop(session: &dyn Session, engine: &str) -> Result<(), CliError>
                 }
             }
         };
+        let shown = live.finish().await;
         match result {
             Ok(r) => {
-                print_result(&r, false);
+                print_after_live(&r, &shown);
                 if let Some(v) = &r.value {
                     println!("{}", Stream::Stdout.show(v));
                 }

@@ -3,7 +3,7 @@
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
-use biocage_core::{ExecutionResult, RunOptions};
+use biocage_core::{ExecutionResult, RunEvent, RunOptions};
 
 /// Where scripts are copied in the sandbox (the default workspace).
 fn opts_workspace() -> String {
@@ -53,6 +53,74 @@ pub fn print_result(r: &ExecutionResult, json: bool) {
         &mut std::io::stderr().lock(),
         err_tty,
     );
+}
+
+/// What a [`Live`] printer showed while the run went on.
+#[derive(Debug, Default)]
+pub struct Shown {
+    /// stdout shown so far.
+    pub stdout: String,
+    /// stderr shown so far.
+    pub stderr: String,
+}
+
+/// Prints a run's output on the terminal as it comes (see `Session::run_streaming`).
+pub struct Live {
+    tx: tokio::sync::mpsc::Sender<RunEvent>,
+    printer: tokio::task::JoinHandle<Shown>,
+}
+
+impl Live {
+    /// A printer writing stdout and stderr events to the CLI's own streams, inertly on
+    /// a terminal.
+    pub fn start() -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<RunEvent>(1024);
+        let printer = tokio::spawn(async move {
+            let mut shown = Shown::default();
+            while let Some(event) = rx.recv().await {
+                match event {
+                    RunEvent::Stdout(text) => {
+                        let mut out = std::io::stdout().lock();
+                        let _ = out.write_all(Stream::Stdout.show(&text).as_bytes());
+                        let _ = out.flush();
+                        shown.stdout.push_str(&text);
+                    }
+                    RunEvent::Stderr(text) => {
+                        let _ = std::io::stderr()
+                            .lock()
+                            .write_all(Stream::Stderr.show(&text).as_bytes());
+                        shown.stderr.push_str(&text);
+                    }
+                    _ => {}
+                }
+            }
+            shown
+        });
+        Live { tx, printer }
+    }
+
+    /// Where the run sends its events.
+    pub fn sender(&self) -> tokio::sync::mpsc::Sender<RunEvent> {
+        self.tx.clone()
+    }
+
+    /// Waits for the events still queued; returns what was shown.
+    pub async fn finish(self) -> Shown {
+        drop(self.tx);
+        self.printer.await.unwrap_or_default()
+    }
+}
+
+/// Prints what a live-printed run has left to say: output not yet shown (events that
+/// were dropped, or held back at a split character) and what went wrong.
+pub fn print_after_live(r: &ExecutionResult, shown: &Shown) {
+    let rest = |all: &str, seen: &str| -> String {
+        all.strip_prefix(seen).unwrap_or_default().to_string()
+    };
+    let mut rest_of = r.clone();
+    rest_of.stdout = rest(&r.stdout, &shown.stdout);
+    rest_of.stderr = rest(&r.stderr, &shown.stderr);
+    print_result(&rest_of, false);
 }
 
 /// The human form of a result: its stdout on `out`, then its stderr and what went wrong
@@ -112,12 +180,21 @@ pub async fn run(
     let spinner = progress::spinner(cli, "starting the sandbox");
     let session = rt.create_session(&config).await?;
     spinner.finish_and_clear();
+    // Human output is printed as it comes; --json prints the one result at the end.
+    let live = (!cli.json).then(Live::start);
+    let run_opts = match &script {
+        Some(path) => RunOptions::default().script(path.clone(), args.to_vec()),
+        None => RunOptions::default(),
+    };
+    let go = || async {
+        match &live {
+            Some(l) => session.run_streaming(&code, &run_opts, l.sender()).await,
+            None => session.run_with(&code, &run_opts).await,
+        }
+    };
     let result = match &script {
         Some(path) => match session.write_file(path, code.as_bytes()).await {
-            Ok(()) => {
-                let run = RunOptions::default().script(path.clone(), args.to_vec());
-                session.run_with(&code, &run).await
-            }
+            Ok(()) => go().await,
             Err(e) => Err(e),
         },
         None if !args.is_empty() => Err(biocage_core::Error::InvalidConfig {
@@ -125,13 +202,20 @@ pub async fn run(
             value: args.join(" "),
             reason: "arguments after -- need a script file: biocage run job.py -- ARGS".into(),
         }),
-        None => session.run(&code).await,
+        None => go().await,
+    };
+    let shown = match live {
+        Some(l) => Some(l.finish().await),
+        None => None,
     };
     if let Err(e) = session.close().await {
         tracing::warn!("closing the sandbox: {e}");
     }
     let result = result?;
-    print_result(&result, cli.json);
+    match &shown {
+        Some(shown) => print_after_live(&result, shown),
+        None => print_result(&result, cli.json),
+    }
     Ok(result.exit_code)
 }
 

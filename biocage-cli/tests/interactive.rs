@@ -181,3 +181,40 @@ fn scripts_get_their_arguments_and_exit_status(#[case] engine: &str) {
     );
     assert!(out.stderr.is_empty(), "sys.exit says nothing more: {out:?}");
 }
+
+/// `repl --json`: a streamed request gets its output as events before its result; with
+/// `--pool`, a reset hands over a fresh sandbox (the old state is gone).
+#[rstest]
+#[case::docker("docker")]
+#[case::podman("podman")]
+fn json_repl_streams_and_resets_from_a_pool(#[case] engine: &str) {
+    if !engine_under_test(engine) {
+        return;
+    }
+    let input = [
+        r#"{"code": "x = 1\nprint('a')\ndisplay(2)\nprint('b')", "stream": true}"#,
+        r#"{"reset": true}"#,
+        r#"{"code": "'x' in globals()"}"#,
+    ]
+    .join("\n");
+    let out = assert_cmd::Command::cargo_bin("biocage")
+        .unwrap()
+        .args(["--runtime", engine, "--json", "repl", "--pool", "2", "--allow-unenforced"])
+        .write_stdin(input)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let events: Vec<&str> = lines
+        .iter()
+        .take_while(|l| l.get("event").is_some())
+        .map(|l| l["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["stdout", "display", "stdout"], "{lines:?}");
+    assert_eq!(lines[3]["stdout"], "a\nb\n", "then the whole result");
+    assert_eq!(lines[4]["reset"], true);
+    assert_eq!(lines[5]["value"], "False", "a fresh sandbox after the reset");
+}

@@ -338,7 +338,9 @@ class Worker:
                 if nl < 0:
                     scanned = len(buf)
                     break
-                line = bytes(buf[:nl])
+                # A "go on" byte meant for a display() that was not waiting (user code
+                # can forge display events) is skipped.
+                line = bytes(buf[:nl]).lstrip(b"\x06")
                 del buf[:nl + 1]
                 scanned = 0
                 self.handle(json.loads(line))
@@ -366,8 +368,11 @@ class Worker:
             bundle = mimebundle(obj, self.caps)
             self.displays.append(bundle)
             if self.streaming:
-                self._flush_all()  # what was printed before it comes first
+                # In order with the output: what was printed before it is in the pipes;
+                # the supervisor sends that first, then the display, then lets us go on.
+                self._flush_all()
                 self.answer({"id": self.current_id, "event": "display", "bundle": bundle})
+                os.read(CMD_FD, 1)
 
     def event_loop(self):
         """The session's own event loop: top-level await runs on it, and it persists."""
@@ -1183,9 +1188,16 @@ class Supervisor:
                 continue
             if isinstance(raw, dict) and "event" in raw:
                 # A display() during a streamed run: checked like the result's displays.
+                if not self.run.get("stream"):
+                    continue
+                self.drain(discard=False)
                 shown, _cut = _valid_displays([raw.get("bundle")], self.caps)
-                if self.run.get("stream") and shown and raw.get("id") == self.run["id"]:
+                if shown and raw.get("id") == self.run["id"]:
                     self.send({"id": self.run["id"], "op": "display", "bundle": shown[0]})
+                try:
+                    os.write(self.worker["cmd"], b"\x06")  # go on
+                except OSError:
+                    pass
                 continue
             reply = validate_reply(raw, self.caps)
             if reply is not None and reply["id"] == self.run["id"]:
