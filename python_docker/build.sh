@@ -4,6 +4,10 @@
 #   ./build.sh                 docker build from BASE_IMAGE (default python:3.11-slim),
 #                              packages from the package index
 #   ./build.sh --wheels        only download the wheels into wheels/ (python version of $TAG)
+#   ./build.sh --download DIR PKG...
+#                              only download wheels of PKG... (and pip) for $TAG's python
+#                              into DIR, for offline custom images:
+#                              biocage image build --offline --wheels DIR --requirements ...
 #   ./build.sh --base          only make the Debian base image biocage-base:bookworm
 #   ./build.sh --offline       for machines without a container registry: the base image
 #                              is made from Debian packages (debootstrap) and the wheels
@@ -49,14 +53,15 @@ offline_base() {
   echo "$base"
 }
 
-download_wheels() {
-  local py
-  py=$("${ENGINE_CMD[@]}" run --rm "$1" python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-  log "downloading wheels for python $py into $here/wheels"
+download_wheels() { # IMAGE DIR PIP-ARGS...: wheels for IMAGE's python into DIR
+  local image=$1 dir=$2 py
+  shift 2
+  py=$("${ENGINE_CMD[@]}" run --rm "$image" python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+  log "downloading wheels for python $py into $dir"
   python3 -m pip download --quiet --only-binary=:all: --python-version "$py" \
     --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
     --platform manylinux_2_17_x86_64 --platform any \
-    -d "$here/wheels" -r "$here/requirements.txt" pip >&2
+    -d "$dir" "$@" pip >&2
 }
 
 case "$mode" in
@@ -67,12 +72,21 @@ case "$mode" in
     ;;
   --wheels)
     # Only fill wheels/ (for builds through the engine API on offline machines).
-    download_wheels "$TAG"
+    download_wheels "$TAG" "$here/wheels" -r "$here/requirements.txt"
+    exit 0
+    ;;
+  --download)
+    # Only download wheels of the packages named (for offline custom images).
+    [ $# -ge 3 ] || { log "usage: build.sh --download DIR PKG..."; exit 2; }
+    dir=$2
+    shift 2
+    mkdir -p "$dir"
+    download_wheels "$TAG" "$dir" "$@"
     exit 0
     ;;
   --offline)
     base=$(offline_base)
-    download_wheels "$base"
+    download_wheels "$base" "$here/wheels" -r "$here/requirements.txt"
     BASE_IMAGE=$base
     ;;
   online|--online) ;;

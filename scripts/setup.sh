@@ -56,6 +56,12 @@ setup_docker() {
   if ! ls "$root"/python_docker/wheels/pip-*.whl >/dev/null 2>&1; then
     TAG=$IMAGE "$root/python_docker/build.sh" --wheels
   fi
+  # Wheels of packages the default image lacks, for the custom-image tests
+  # (biocage-cli/tests/image.rs builds offline from them: the tests need no network).
+  local test_wheels=$root/biocage-cli/tests/wheels
+  if ! ls "$test_wheels"/tabulate-*.whl "$test_wheels"/toolz-*.whl "$test_wheels"/pip-*.whl >/dev/null 2>&1; then
+    TAG=$IMAGE "$root/python_docker/build.sh" --download "$test_wheels" tabulate toolz
+  fi
 }
 
 podman_env() {

@@ -91,25 +91,47 @@ pub enum Command {
 /// Image subcommands.
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
-    /// Build the sandbox image through the engine API.
-    Build {
-        /// Base image with python3 (BASE_IMAGE build argument).
-        #[arg(long)]
-        base: Option<String>,
-        /// requirements.txt to install instead of the default one.
-        #[arg(long)]
-        requirements: Option<PathBuf>,
-        /// Tag of the image.
-        #[arg(long, default_value = biocage_core::config::DEFAULT_IMAGE)]
-        tag: String,
-        /// Build context (a folder with a Dockerfile).
-        #[arg(long, default_value = "python_docker")]
-        context: PathBuf,
-        /// Without a registry: base from Debian packages, wheels downloaded on the host
-        /// (runs CONTEXT/build.sh --offline).
-        #[arg(long)]
-        offline: bool,
-    },
+    /// Build an image through the engine API: the default one from its recipe, or, with
+    /// --requirements or --pyproject, a custom one that adds those packages to --base.
+    Build(BuildArgs),
+    /// List the BioCage images the engine holds, with their Python, packages and recipe.
+    Ls,
+}
+
+/// `biocage image build` options.
+#[derive(Debug, Clone, Args)]
+pub struct BuildArgs {
+    /// A requirements.txt whose packages are added to --base (a custom image; needs --tag).
+    #[arg(long, value_name = "FILE", conflicts_with = "pyproject")]
+    pub requirements: Option<PathBuf>,
+    /// A pyproject.toml whose [project] dependencies are added to --base (a custom image;
+    /// needs --tag).
+    #[arg(long, value_name = "FILE")]
+    pub pyproject: Option<PathBuf>,
+    /// Custom images: the image the packages are added to (default biocage:latest).
+    /// Recipe builds: the BASE_IMAGE build argument (any image with python3).
+    #[arg(long, value_name = "IMAGE")]
+    pub base: Option<String>,
+    /// Tag of the new image (recipe builds: biocage:latest if not given).
+    #[arg(long, value_name = "NAME")]
+    pub tag: Option<String>,
+    /// Recipe builds: the folder with the Dockerfile (default python_docker).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["requirements", "pyproject"])]
+    pub context: Option<PathBuf>,
+    /// For containers that cannot reach a package index. Custom images: the host
+    /// downloads the wheels for the base's Python and platform and the build installs
+    /// them without an index. Recipe builds: CONTEXT/build.sh --offline (a Debian base
+    /// and host wheels).
+    #[arg(long)]
+    pub offline: bool,
+    /// Custom images: a folder of wheels to install from (repeatable). With --offline
+    /// nothing else is used, not even the host's index.
+    #[arg(long, value_name = "DIR")]
+    pub wheels: Vec<PathBuf>,
+    /// Build every step anew (offline: resolve the wheels against the index, not the
+    /// host's wheel cache).
+    #[arg(long)]
+    pub no_cache: bool,
 }
 
 /// Settings shared by run and repl.

@@ -1,5 +1,6 @@
 //! `biocage doctor`: is everything needed there, and how is each limit enforced?
 
+use biocage_core::image::PythonTarget;
 use biocage_core::{Enforcement, LimitPlan, SandboxConfig};
 use serde_json::json;
 
@@ -24,7 +25,8 @@ pub async fn doctor(cli: &Cli, image: &str) -> Result<i32, CliError> {
         }
     };
     let caps = rt.capabilities().await?;
-    let has_image = rt.image_exists(image).await?;
+    let details = rt.image_details(image).await?;
+    let has_image = details.is_some();
     let config = SandboxConfig::builder()
         .image(image)
         .allow_unenforced_limits(true)
@@ -38,6 +40,65 @@ pub async fn doctor(cli: &Cli, image: &str) -> Result<i32, CliError> {
             rt.name()
         ));
     }
+    // A session on the image: proof that it hosts one, and its Python as it is.
+    let mut image_json = json!({"name": image, "present": has_image});
+    let mut image_line = format!(
+        "image: {image} {}",
+        if has_image { "present" } else { "MISSING" }
+    );
+    if let Some(d) = &details {
+        let recorded = d.packages();
+        let (python, live) = match PythonTarget::of_image(rt.as_ref(), &d.id).await {
+            Ok(t) => (Some(t.version), t.packages),
+            Err(e) => {
+                problems.push(format!("a session on {image} did not start: {e}"));
+                (None, Default::default())
+            }
+        };
+        // The packages asked for when it was built, at the versions installed now.
+        let mut packages = std::collections::BTreeMap::new();
+        for name in recorded.keys() {
+            match live.get(name) {
+                Some(v) => {
+                    packages.insert(name.clone(), v.clone());
+                }
+                None if python.is_some() => problems.push(format!(
+                    "{image} was built with {name}, which its Python does not have now"
+                )),
+                None => {}
+            }
+        }
+        image_line.push_str(&format!(
+            " ({}, {}), Python {}, {}",
+            d.id.strip_prefix("sha256:")
+                .unwrap_or(&d.id)
+                .chars()
+                .take(12)
+                .collect::<String>(),
+            crate::image::human_size(d.size),
+            python.as_deref().unwrap_or("unknown"),
+            d.recipe()
+        ));
+        if !packages.is_empty() {
+            image_line.push_str(&format!(
+                "\n  packages: {}",
+                packages
+                    .iter()
+                    .map(|(n, v)| format!("{n} {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        image_json = json!({
+            "name": image,
+            "present": true,
+            "id": d.id,
+            "size": d.size,
+            "python": python,
+            "packages": packages,
+            "recipe": d.recipe(),
+        });
+    }
     let unenforced: Vec<&str> = plan
         .limits
         .iter()
@@ -50,7 +111,7 @@ pub async fn doctor(cli: &Cli, image: &str) -> Result<i32, CliError> {
             json!({
                 "ok": problems.is_empty(),
                 "engine": caps,
-                "image": {"name": image, "present": has_image},
+                "image": image_json,
                 "limits": plan.limits,
                 "unenforced": unenforced,
                 "problems": problems,
@@ -65,10 +126,7 @@ pub async fn doctor(cli: &Cli, image: &str) -> Result<i32, CliError> {
             if caps.rootless { "rootless" } else { "rootful" },
             caps.cgroup_version
         );
-        println!(
-            "image: {image} {}",
-            if has_image { "present" } else { "MISSING" }
-        );
+        println!("{image_line}");
         println!("limits (default configuration):");
         for l in &plan.limits {
             println!(

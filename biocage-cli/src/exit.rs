@@ -4,6 +4,8 @@ use biocage_core::Error;
 
 /// Success.
 pub const OK: i32 = 0;
+/// The command's work failed (e.g. an image build: a package could not be installed).
+pub const FAILED: i32 = 1;
 /// Usage error: bad arguments, unreadable input, bad configuration.
 pub const USAGE: i32 = 2;
 /// The engine (or the image in it) is unavailable.
@@ -34,6 +36,7 @@ impl From<Error> for CliError {
             Error::InvalidConfig { .. }
             | Error::UnenforceableLimit { .. }
             | Error::FileTransfer(_) => USAGE,
+            Error::BuildFailed { .. } => FAILED,
             _ => UNAVAILABLE,
         };
         CliError {

@@ -15,7 +15,7 @@ mod run;
 use clap::Parser;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
-use args::{Cli, Command, ImageCommand};
+use args::{Cli, Command};
 
 fn init_logs(cli: &Cli) {
     let level = match (cli.quiet, cli.verbose) {

@@ -50,6 +50,15 @@ pub enum Error {
         /// Why not.
         reason: String,
     },
+    /// An image build failed: a package could not be installed, or the image lacks one
+    /// that was asked for. The reason quotes pip's own error line when there is one.
+    #[error("building {image} failed: {reason}")]
+    BuildFailed {
+        /// The image being built.
+        image: String,
+        /// What went wrong, and what to do.
+        reason: String,
+    },
     /// The engine refused or failed an operation.
     #[error("{engine} failed while {action}: {message}")]
     Engine {

@@ -22,13 +22,13 @@ pub async fn launch_session(
     config.validate()?;
     let caps = rt.capabilities().await?;
     let plan = LimitPlan::new(&caps, config)?;
-    if !rt.image_exists(&config.image).await? {
+    let Some(image) = rt.image_details(&config.image).await? else {
         return Err(Error::ImageMissing {
             image: config.image.clone(),
             engine: rt.name().to_string(),
             build_command: build_command.to_string(),
         });
-    }
+    };
     let mut config = config.clone();
     let mut lease = None;
     if config.user == DEFAULT_USER {
@@ -62,7 +62,7 @@ pub async fn launch_session(
     let session_id = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
     let spec = ContainerSpec::new(&session_id, &config, &plan, Some(&staging))?;
     let ops = launcher.launch(&spec, caps.cgroup_limits).await?;
-    let session = AgentSession::start(
+    let mut session = AgentSession::start(
         session_id,
         ops,
         config,
@@ -71,5 +71,6 @@ pub async fn launch_session(
         (staging, lease),
     )
     .await?;
+    session.set_image_packages(image.packages());
     Ok(Box::new(session))
 }

@@ -30,14 +30,13 @@ pub mod uids;
 pub use config::{Exposure, ExposureMode, SandboxConfig, SandboxConfigBuilder};
 pub use container::{AgentStreams, ContainerIdentity, ContainerLauncher, ContainerOps};
 pub use error::{Error, Result};
-pub use image::{BuildOptions, Progress};
+pub use image::{BuildEvent, BuildOptions, BuiltImage, ImageDetails, Progress};
 pub use launch::launch_session;
 pub use limits::{Capabilities, Enforcement, IdMap, LimitPlan, LimitStatus};
 pub use pool::{PoolOptions, PoolStats, SessionPool};
 pub use result::{ErrorKind, ExecutionError, ExecutionResult, Image};
 pub use runtime::{
-    reap_orphans, InputStatus, RunEvent, RunOptions, SandboxRuntime, SandboxSummary, Session,
-    SessionInfo,
+    reap_orphans, InputStatus, RunEvent, RunOptions, SandboxRuntime, SandboxSummary, Session, SessionInfo,
 };
 pub use session::AgentSession;
 pub use spec::{ContainerSpec, TmpfsMount, LABEL_MANAGED, LABEL_SESSION};

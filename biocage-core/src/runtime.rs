@@ -187,6 +187,10 @@ pub struct SessionInfo {
     pub user: String,
     /// Runs done so far.
     pub runs: u64,
+    /// The packages asked for when the image was built (`biocage image build`), with
+    /// their installed versions, as its labels record them; empty for other images.
+    #[serde(default)]
+    pub image_packages: std::collections::BTreeMap<String, String>,
 }
 
 /// How one run is made; [`RunOptions::default`] is a plain run with the configured limit.
@@ -311,6 +315,14 @@ pub trait Session: Send + Sync {
 
     /// Reads `path` from the sandbox, up to the configured transfer cap.
     async fn read_file(&self, path: &str) -> Result<Vec<u8>>;
+
+    /// The names in the folder `path` in the sandbox (the places `read_file` reaches),
+    /// sorted; links planted by sandbox code are not followed.
+    async fn list_dir(&self, path: &str) -> Result<Vec<String>> {
+        Err(crate::error::Error::FileTransfer(format!(
+            "{path}: this session cannot list folders"
+        )))
+    }
 
     /// Creates a temporary file holding `content`; returns its path in the sandbox.
     async fn create_temp_file(&self, content: &[u8], suffix: &str) -> Result<String>;

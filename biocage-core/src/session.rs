@@ -54,9 +54,17 @@ pub struct AgentSession {
     /// Host-side resources that live as long as the session: staged read-only copies
     /// and the lease on the sandbox uid.
     held: Option<(Staging, Option<UidLease>)>,
+    /// The packages the image was built with, as its labels record them.
+    image_packages: std::collections::BTreeMap<String, String>,
 }
 
 impl AgentSession {
+    /// Records the packages the image was built with (its `org.biocage.packages`
+    /// label), which [`Session::info`] reports.
+    pub fn set_image_packages(&mut self, packages: std::collections::BTreeMap<String, String>) {
+        self.image_packages = packages;
+    }
+
     /// Starts the agent's supervisor in the (running) container behind `ops`. On failure
     /// the container is removed.
     pub async fn start(
@@ -99,6 +107,7 @@ impl AgentSession {
             closed: AtomicBool::new(false),
             mirror,
             held: Some(held),
+            image_packages: std::collections::BTreeMap::new(),
         })
     }
 
@@ -470,6 +479,7 @@ impl Session for AgentSession {
             python_version: self.conn.read().await.python.clone(),
             user: self.config.user.clone(),
             runs: self.runs.load(Ordering::Relaxed),
+            image_packages: self.image_packages.clone(),
         })
     }
 
@@ -493,6 +503,14 @@ impl Session for AgentSession {
         BASE64
             .decode(reply["data"].as_str().unwrap_or(""))
             .map_err(|e| Error::Agent(format!("the agent sent file data that is not base64: {e}")))
+    }
+
+    async fn list_dir(&self, path: &str) -> Result<Vec<String>> {
+        let reply = self.quick(json!({"op": "list_dir", "path": path})).await?;
+        Ok(reply["names"]
+            .as_array()
+            .map(|names| names.iter().filter_map(|n| n.as_str().map(String::from)).collect())
+            .unwrap_or_default())
     }
 
     async fn create_temp_file(&self, content: &[u8], suffix: &str) -> Result<String> {

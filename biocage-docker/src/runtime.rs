@@ -160,12 +160,20 @@ impl SandboxRuntime for DockerRuntime {
         }
     }
 
+    async fn image_details(&self, image: &str) -> Result<Option<biocage_core::ImageDetails>> {
+        crate::image::image_details(&self.docker, image).await
+    }
+
+    async fn list_images(&self) -> Result<Vec<biocage_core::ImageDetails>> {
+        crate::image::list_images(&self.docker).await
+    }
+
     async fn build_image(
         &self,
         opts: &BuildOptions,
-        progress: &mut biocage_core::Progress,
-    ) -> Result<()> {
-        crate::image::build_image(&self.docker, opts, progress).await
+        progress: &mut biocage_core::Progress<'_>,
+    ) -> Result<biocage_core::BuiltImage> {
+        crate::image::build_image(self, opts, progress).await
     }
 
     async fn create_session(&self, config: &SandboxConfig) -> Result<Box<dyn Session>> {

@@ -162,12 +162,20 @@ impl SandboxRuntime for PodmanRuntime {
             .map_err(|e| self.engine_error(&format!("looking up image {image}"), e))
     }
 
+    async fn image_details(&self, image: &str) -> Result<Option<biocage_core::ImageDetails>> {
+        crate::image::image_details(&self.podman, image).await
+    }
+
+    async fn list_images(&self) -> Result<Vec<biocage_core::ImageDetails>> {
+        crate::image::list_images(&self.podman).await
+    }
+
     async fn build_image(
         &self,
         opts: &BuildOptions,
-        progress: &mut biocage_core::Progress,
-    ) -> Result<()> {
-        crate::image::build_image(&self.podman, opts, progress).await
+        progress: &mut biocage_core::Progress<'_>,
+    ) -> Result<biocage_core::BuiltImage> {
+        crate::image::build_image(self, &self.podman, opts, progress).await
     }
 
     async fn create_session(&self, config: &SandboxConfig) -> Result<Box<dyn Session>> {
