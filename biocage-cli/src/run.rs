@@ -141,8 +141,7 @@ fn write_human(
     if let Some(e) = r.error.as_ref().filter(|e| {
         (e.traceback.is_none() || e.kind != biocage_core::ErrorKind::Exception)
             && e.kind != biocage_core::ErrorKind::Exit
-    })
-    {
+    }) {
         let _ = writeln!(
             err,
             "biocage: {}: {}",

@@ -1,11 +1,6 @@
 """BioCage in-container agent (stdlib only, Python 3.8+).
 
-Started by the host inside the sandbox container, in one of two roles:
-
-  python3 -I -c SRC biocage-init GRACE
-      PID 1 of the container: reaps orphaned processes, and exits (ending the
-      container) once no supervisor has been alive for GRACE seconds, so that a
-      host that vanished leaves nothing running behind.
+Started by the host inside the sandbox container (whose PID 1 is biocage_init.py):
 
   python3 -I -c SRC biocage-serve CONFIG_JSON
       The supervisor. Its stdin/stdout are the control channel to the host:
@@ -18,23 +13,23 @@ Started by the host inside the sandbox container, in one of two roles:
 
 Agent processes run in isolated mode (-I): sys.path holds neither the working
 directory nor the user site, and PYTHON* variables are ignored, so nothing sandbox
-code writes is ever imported by them. Every module the agent needs is imported here,
-before the worker puts the user's places on its sys.path.
+code writes is ever imported by them. The worker puts the user's places on its
+sys.path; what the agent imports there later (asyncio, rlcompleter: each idle session
+would pay for them up front) comes from the interpreter's own library only (see
+_stdlib_import).
 """
 
 import ast
-import asyncio
 import base64
 import builtins
 import codecs
-import codeop
 import errno
+import gc
 import io
 import json
 import linecache
 import os
 import resource
-import rlcompleter
 import select
 import signal
 import stat
@@ -165,58 +160,6 @@ def _harden_self():
     return ok
 
 
-# --------------------------------------------------------------------------- init
-
-
-def run_init(grace):
-    """PID 1: reap children; exit when no supervisor has lived for `grace` seconds."""
-    _harden_self()
-    # PID 1 ignores every signal it has no handler for, so sandbox code cannot stop
-    # the container from inside. SIGCHLD is blocked and waited for, to reap at once.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
-    last_seen = last_check = time.monotonic()
-    mark = ("\0" + SERVE_MARK + "\0").encode()
-    while True:
-        signal.sigtimedwait({signal.SIGCHLD}, 0.5)
-        _reap_all()
-        now = time.monotonic()
-        if now - last_check < 0.5:
-            continue
-        last_check = now
-        if _supervisor_alive(mark):
-            last_seen = now
-        elif now - last_seen > grace:
-            sys.exit(0)
-
-
-def _reap_all():
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-
-
-def _supervisor_alive(mark):
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or name == "1":
-            continue
-        try:
-            with open("/proc/%s/cmdline" % name, "rb") as f:
-                if mark not in f.read():
-                    continue
-            # Only the engine's exec has no parent in the container: sandbox code can copy
-            # the mark into its own argv, not this.
-            with open("/proc/%s/status" % name) as f:
-                if any(line.split() == ["PPid:", "0"] for line in f):
-                    return True
-        except OSError:
-            continue
-    return False
-
-
 # ------------------------------------------------------------------------- worker
 
 
@@ -244,6 +187,21 @@ def _apply_rlimits(limits):
         except (ValueError, OSError) as exc:
             applied[name] = "failed: %s" % exc
     return applied
+
+
+def _stdlib_import(name):
+    """Imports `name` in the worker from the interpreter's own paths, leaving out the
+    places user code can write (the working directory, '' on sys.path)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    saved = sys.path[:]
+    cwd = os.getcwd()
+    sys.path[:] = [p for p in saved if p and p not in (".", cwd) and not p.startswith(cwd + "/")]
+    try:
+        __import__(name)
+        return sys.modules[name]
+    finally:
+        sys.path[:] = saved
 
 
 def _cap(text, limit):
@@ -302,9 +260,6 @@ class Worker:
         self.streaming = False
         self.current_id = None
         self.async_loop = None
-        # Set now, so that asyncio.get_event_loop() outside a coroutine is the same loop
-        # top-level await runs on.
-        self.event_loop()
         builtins.display = self.display  # IPython's name for showing rich output
         self.cell = 0
         self.stdout = sys.stdout
@@ -375,10 +330,21 @@ class Worker:
                 os.read(CMD_FD, 1)
 
     def event_loop(self):
-        """The session's own event loop: top-level await runs on it, and it persists."""
+        """The session's own event loop: top-level await runs on it, and it persists. It
+        is the loop asyncio.get_event_loop() gave user code, if it asked first."""
         if self.async_loop is None or self.async_loop.is_closed():
-            self.async_loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(self.async_loop)
+            asyncio = _stdlib_import("asyncio")
+            policy = asyncio.get_event_loop_policy()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                try:
+                    loop = policy.get_event_loop()
+                except RuntimeError:
+                    loop = None
+            if loop is None or loop.is_closed():
+                loop = policy.new_event_loop()
+                policy.set_event_loop(loop)
+            self.async_loop = loop
         return self.async_loop
 
     def handle(self, req):
@@ -442,7 +408,7 @@ class Worker:
         matches = []
         if not isinstance(text, str) or len(text) > 1024:
             return matches
-        completer = rlcompleter.Completer(self.namespace)
+        completer = _stdlib_import("rlcompleter").Completer(self.namespace)
         self.executing = True  # attribute lookups run user code: a deadline may interrupt
         try:
             for i in range(200):
@@ -892,6 +858,8 @@ def _input_status(code):
     (codeop): "complete", "incomplete" (more lines needed) or "invalid"."""
     if not isinstance(code, str) or len(code) > 1 << 16:
         return "invalid"
+    import codeop  # the supervisor's sys.path holds only the interpreter's own library
+
     compiler = codeop.CommandCompiler()
     compiler.compiler.flags |= ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
     try:
@@ -978,6 +946,9 @@ class Supervisor:
         res_r, res_w = os.pipe()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
+        # Objects made so far are left out of the collector's passes: it never writes to
+        # their pages, which then stay shared with the worker (less memory per session).
+        gc.freeze()
         pid = _fork_retrying()
         if pid == 0:
             for fd in (cmd_w, res_r, out_r, err_r, self.ctl_in, self.ctl_out):
@@ -1673,9 +1644,7 @@ class Mirror:
 def main(argv):
     # Agent processes never look for anything in the places sandbox code can write.
     os.chdir("/")
-    if len(argv) >= 2 and argv[1] == "biocage-init":
-        run_init(float(argv[2]) if len(argv) > 2 else 10.0)
-    elif len(argv) >= 2 and argv[1] == SERVE_MARK:
+    if len(argv) >= 2 and argv[1] == SERVE_MARK:
         config = json.loads(argv[2]) if len(argv) > 2 else {}
         hardening = {"no_new_privs": _harden_self(),
                      "seccomp": _forbid_namespaces(config.get("deny_syscalls") or ())}
@@ -1683,7 +1652,7 @@ def main(argv):
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
         Supervisor(config).serve(hardening)
     else:
-        sys.stderr.write("usage: biocage-init GRACE | %s CONFIG_JSON\n" % SERVE_MARK)
+        sys.stderr.write("usage: %s CONFIG_JSON\n" % SERVE_MARK)
         sys.exit(2)
 
 

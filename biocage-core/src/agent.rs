@@ -5,6 +5,10 @@ use std::time::Duration;
 /// Source of the agent, a stdlib-only Python 3.8+ program (see `agent/biocage_agent.py`).
 pub const AGENT_SOURCE: &str = include_str!("../agent/biocage_agent.py");
 
+/// Source of the container's init (PID 1): reaps orphans and ends the container once no
+/// supervisor is left (see `agent/biocage_init.py`); small, since every sandbox runs one.
+pub const INIT_SOURCE: &str = include_str!("../agent/biocage_init.py");
+
 /// Version of the protocol the embedded agent speaks.
 pub const AGENT_VERSION: u64 = 2;
 
@@ -19,8 +23,10 @@ pub fn init_argv(orphan_grace: Duration) -> Vec<String> {
     vec![
         PYTHON[0].into(),
         PYTHON[1].into(),
+        // No `site`: nothing but what init needs is loaded.
+        "-S".into(),
         "-c".into(),
-        AGENT_SOURCE.into(),
+        INIT_SOURCE.into(),
         "biocage-init".into(),
         format!("{}", orphan_grace.as_secs_f64()),
     ]

@@ -36,7 +36,8 @@ pub use limits::{Capabilities, Enforcement, IdMap, LimitPlan, LimitStatus};
 pub use pool::{PoolOptions, PoolStats, SessionPool};
 pub use result::{ErrorKind, ExecutionError, ExecutionResult, Image};
 pub use runtime::{
-    reap_orphans, InputStatus, RunEvent, RunOptions, SandboxRuntime, SandboxSummary, Session, SessionInfo,
+    reap_orphans, InputStatus, RunEvent, RunOptions, SandboxRuntime, SandboxSummary, Session,
+    SessionInfo,
 };
 pub use session::AgentSession;
 pub use spec::{ContainerSpec, TmpfsMount, LABEL_MANAGED, LABEL_SESSION};

@@ -62,6 +62,8 @@ pub struct PoolStats {
     pub failed_refills: u64,
     /// The last refill error, if the last refill failed.
     pub last_error: Option<String>,
+    /// Ids of the ready sessions.
+    pub ready_sessions: Vec<String>,
 }
 
 struct Ready {
@@ -166,6 +168,7 @@ impl SessionPool {
         let st = lock(&self.inner.state);
         PoolStats {
             ready: st.ready.len(),
+            ready_sessions: st.ready.iter().map(|r| r.session.id().to_string()).collect(),
             ..st.stats.clone()
         }
     }
@@ -230,11 +233,18 @@ async fn refill(pool: Weak<Inner>) {
                 .into_iter()
                 .partition(|r| idle || r.started.elapsed() > lifetime);
             st.ready = young.into();
-            let room = inner.opts.max_size.saturating_sub(st.ready.len() + st.starting);
+            let room = inner
+                .opts
+                .max_size
+                .saturating_sub(st.ready.len() + st.starting);
             let missing = if idle {
                 0
             } else {
-                inner.opts.size.saturating_sub(st.ready.len() + st.starting).min(room)
+                inner
+                    .opts
+                    .size
+                    .saturating_sub(st.ready.len() + st.starting)
+                    .min(room)
             };
             st.starting += missing;
             (missing, old, idle)
@@ -261,7 +271,9 @@ async fn refill(pool: Weak<Inner>) {
                         failed = true;
                         st.stats.failed_refills += 1;
                         st.stats.last_error = Some(e.to_string());
-                        tracing::warn!("refilling the session pool failed (retried in {backoff:?}): {e}");
+                        tracing::warn!(
+                            "refilling the session pool failed (retried in {backoff:?}): {e}"
+                        );
                     }
                 }
             }
@@ -277,7 +289,11 @@ async fn refill(pool: Weak<Inner>) {
         }
         backoff = Duration::from_millis(100);
         let wake = async {
-            let wait = if idle { Duration::from_secs(3600) } else { Duration::from_secs(1) };
+            let wait = if idle {
+                Duration::from_secs(3600)
+            } else {
+                Duration::from_secs(1)
+            };
             tokio::select! {
                 () = inner.wake.notified() => {},
                 () = tokio::time::sleep(wait) => {},

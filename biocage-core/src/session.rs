@@ -346,7 +346,9 @@ impl Drop for PendingRun {
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
                 let _lock = lock;
-                let _ = channel.request(json!({"op": "interrupt"}), QUICK_TIMEOUT).await;
+                let _ = channel
+                    .request(json!({"op": "interrupt"}), QUICK_TIMEOUT)
+                    .await;
                 let deadline = tokio::time::Instant::now() + wait;
                 while tokio::time::Instant::now() < deadline {
                     match channel.request(json!({"op": "ping"}), QUICK_TIMEOUT).await {
@@ -408,7 +410,9 @@ impl Session for AgentSession {
     }
 
     async fn input_status(&self, code: &str) -> Result<InputStatus> {
-        let reply = self.quick(json!({"op": "is_complete", "code": code})).await?;
+        let reply = self
+            .quick(json!({"op": "is_complete", "code": code}))
+            .await?;
         serde_json::from_value(reply["status"].clone())
             .map_err(|e| Error::Agent(format!("unexpected input status: {e}")))
     }
@@ -418,7 +422,11 @@ impl Session for AgentSession {
         let reply = self.quick(json!({"op": "complete", "text": text})).await?;
         Ok(reply["matches"]
             .as_array()
-            .map(|m| m.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+            .map(|m| {
+                m.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default())
     }
 
@@ -509,7 +517,12 @@ impl Session for AgentSession {
         let reply = self.quick(json!({"op": "list_dir", "path": path})).await?;
         Ok(reply["names"]
             .as_array()
-            .map(|names| names.iter().filter_map(|n| n.as_str().map(String::from)).collect())
+            .map(|names| {
+                names
+                    .iter()
+                    .filter_map(|n| n.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default())
     }
 

@@ -10,8 +10,8 @@ use crate::config::{ExposureMode, SandboxConfig};
 use crate::error::{Error, Result};
 use crate::limits::LimitPlan;
 use crate::result::{
-    MAX_DISPLAYS, MAX_DISPLAY_BYTES, MAX_IMAGES, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS,
-    MESSAGE_CAP, TRACEBACK_CAP, VALUE_CAP,
+    MAX_DISPLAYS, MAX_DISPLAY_BYTES, MAX_IMAGES, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MESSAGE_CAP,
+    TRACEBACK_CAP, VALUE_CAP,
 };
 use crate::staging::Staging;
 

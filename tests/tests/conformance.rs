@@ -102,7 +102,11 @@ fn all_cases() -> Vec<(&'static str, Case)> {
 /// The engines of the matrix.
 const ENGINES: [&str; 2] = ["docker", "podman"];
 
-fn trial(engine: &'static str, name: &'static str, body: impl FnOnce(&'static str) -> Result<Completion, Failed> + Send + 'static) -> Trial {
+fn trial(
+    engine: &'static str,
+    name: &'static str,
+    body: impl FnOnce(&'static str) -> Result<Completion, Failed> + Send + 'static,
+) -> Trial {
     Trial::ignorable_test(format!("{name}::{engine}"), move || body(engine))
 }
 
@@ -110,7 +114,9 @@ fn trial(engine: &'static str, name: &'static str, body: impl FnOnce(&'static st
 fn on_engine(
     engine: &'static str,
     case: &'static str,
-    f: impl for<'a> FnOnce(&'a dyn SandboxRuntime) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> + Send + 'static,
+    f: impl for<'a> FnOnce(&'a dyn SandboxRuntime) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>
+        + Send
+        + 'static,
 ) -> Result<Completion, Failed> {
     if let Some(reason) = harness::not_selected(engine) {
         return Ok(Completion::ignored_with(reason));
@@ -138,18 +144,24 @@ fn main() {
     for (name, case) in all_cases() {
         for engine in ENGINES {
             let short = name.rsplit("::").next().unwrap_or(name);
-            trials.push(trial(engine, name, move |engine| on_engine(engine, short, case)));
+            trials.push(trial(engine, name, move |engine| {
+                on_engine(engine, short, case)
+            }));
         }
     }
     for engine in ENGINES {
-        trials.push(trial(engine, "lifecycle::killed_owner_leaves_nothing", |engine| {
-            on_engine(engine, "killed_owner_leaves_nothing", |rt| {
-                Box::pin(cases::lifecycle::killed_owner_leaves_nothing(
-                    rt,
-                    env!("CARGO_BIN_EXE_orphan_helper"),
-                ))
-            })
-        }));
+        trials.push(trial(
+            engine,
+            "lifecycle::killed_owner_leaves_nothing",
+            |engine| {
+                on_engine(engine, "killed_owner_leaves_nothing", |rt| {
+                    Box::pin(cases::lifecycle::killed_owner_leaves_nothing(
+                        rt,
+                        env!("CARGO_BIN_EXE_orphan_helper"),
+                    ))
+                })
+            },
+        ));
     }
     let conclusion = libtest_mimic::run(&args, trials);
     if conclusion.num_ignored > 0 {

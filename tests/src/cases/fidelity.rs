@@ -129,11 +129,18 @@ pd.DataFrame({'b': [3]})
     assert_eq!(r.displays[1]["text/plain"], "J()");
     assert!(r.displays[2].contains_key("image/png"));
     assert!(r.displays[3]["text/html"].contains("<table"));
-    assert!(r.value.as_deref().unwrap().contains('b'), "value keeps the plain repr");
+    assert!(
+        r.value.as_deref().unwrap().contains('b'),
+        "value keeps the plain repr"
+    );
     let r = run(s.as_ref(), "None").await;
     assert!(r.value.is_none());
     let r = run(s.as_ref(), "type(_).__name__").await;
-    assert_eq!(r.value.as_deref(), Some("'DataFrame'"), "_ is the last value shown");
+    assert_eq!(
+        r.value.as_deref(),
+        Some("'DataFrame'"),
+        "_ is the last value shown"
+    );
     s.close().await.unwrap();
 }
 

@@ -12,12 +12,14 @@ async fn shared(rt: &dyn SandboxRuntime) -> Arc<dyn SandboxRuntime> {
     Arc::from(crate::harness::connect(rt.name()).await.unwrap())
 }
 
+/// Session ids of the sandboxes alive on the engine.
 async fn live_ids(rt: &dyn SandboxRuntime) -> Vec<String> {
     rt.list_sandboxes()
         .await
         .unwrap()
         .into_iter()
-        .map(|s| s.container_id)
+        .filter(|s| s.state == "running")
+        .map(|s| s.session_id)
         .collect()
 }
 
@@ -37,17 +39,24 @@ pub async fn pool_hands_out_fresh_sessions(rt: &dyn SandboxRuntime) {
     a.close().await.unwrap();
     let b = pool.acquire().await.unwrap();
     let r = run(b.as_ref(), "'secret' in globals()").await;
-    assert_eq!(r.value.as_deref(), Some("False"), "a used session is never handed out again");
+    assert_eq!(
+        r.value.as_deref(),
+        Some("False"),
+        "a used session is never handed out again"
+    );
     let b_id = b.info().await.unwrap().container_id;
     assert_ne!(a_id, b_id);
-    assert_eq!(pool.wait_ready(2, Duration::from_secs(60)).await, 2, "refilled");
+    assert_eq!(
+        pool.wait_ready(2, Duration::from_secs(60)).await,
+        2,
+        "refilled"
+    );
     assert!(pool.stats().handed_out >= 2);
     eprintln!("{}: pool acquire took {took:?}", rt.name());
-    let ready_ids: Vec<String> = live_ids(rt)
-        .await
-        .into_iter()
-        .filter(|id| *id != b_id)
-        .collect();
+    let ready_ids = pool.stats().ready_sessions;
+    assert_eq!(ready_ids.len(), 2);
+    let live = live_ids(rt).await;
+    assert!(ready_ids.iter().all(|id| live.contains(id)));
     pool.shutdown().await;
     let left = live_ids(rt).await;
     assert!(
@@ -60,12 +69,12 @@ pub async fn pool_hands_out_fresh_sessions(rt: &dyn SandboxRuntime) {
         .await
         .unwrap();
     assert_eq!(pool.wait_ready(1, Duration::from_secs(60)).await, 1);
-    let before = live_ids(rt).await;
+    let ready = pool.stats().ready_sessions;
     drop(pool);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let now = live_ids(rt).await;
-        if before.iter().filter(|id| !now.contains(id)).count() >= 1 {
+        if ready.iter().all(|id| !now.contains(id)) {
             break;
         }
         assert!(Instant::now() < deadline, "a dropped pool left its session");
@@ -116,7 +125,10 @@ pub async fn output_streams_while_running(rt: &dyn SandboxRuntime) {
         (first, first_at, going.await.unwrap())
     };
     assert_eq!(first, Some(RunEvent::Stdout("first\n".into())));
-    assert!(first_at < Duration::from_millis(1500), "first event after {first_at:?}");
+    assert!(
+        first_at < Duration::from_millis(1500),
+        "first event after {first_at:?}"
+    );
     assert_eq!(ok(&r), "first\nsecond\n");
     let mut events = Vec::new();
     while let Ok(e) = rx.try_recv() {
@@ -175,7 +187,11 @@ pub async fn concurrency_is_served(rt: &dyn SandboxRuntime) {
     assert_eq!(b.unwrap().value.as_deref(), Some("['a', 'b']"));
     // A caller that gives up: its future is dropped mid-run.
     ok(&run(s, "kept = 7").await);
-    let gave_up = tokio::time::timeout(Duration::from_millis(500), s.run("import time\ntime.sleep(20)")).await;
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(500),
+        s.run("import time\ntime.sleep(20)"),
+    )
+    .await;
     assert!(gave_up.is_err());
     let started = Instant::now();
     let r = run(s, "kept").await;
