@@ -3,4 +3,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
-exec cargo bench -p biocage-conformance --bench latency -- ${BIOCAGE_TEST_ENGINES//,/ } "$@"
+rustlog=$(mktemp /tmp/biocage-bench.XXXXXX)
+trap 'rm -f "$rustlog"' EXIT
+cargo bench -p biocage-conformance --bench latency -- ${BIOCAGE_TEST_ENGINES//,/ } "$@" | tee "$rustlog"
+# --- Python package (biocage-python/): per-run overhead of Sandbox.run from Python ------
+# Against the warm p50 just measured, and against Rust-only runs on the same session
+# (biocage-python/bench/run_latency.py). Builds the package into the venv first.
+bash scripts/setup.sh python
+rust_p50=$(awk '/^== (docker|podman) /{e=$2} /^warm trivial run: p50/{print "--rust-p50", e "=" $5}' "$rustlog")
+# shellcheck disable=SC2086 # one argument pair per engine
+"${BIOCAGE_VENV:-.venv}/bin/python" biocage-python/bench/run_latency.py ${BIOCAGE_TEST_ENGINES//,/ } $rust_p50
+# --- end of the Python package --------------------------------------------------------

@@ -2,7 +2,8 @@
 # Sets up everything BioCage needs on a Debian 12 machine, as root, idempotently:
 #   Docker Engine (started if not answering), rootless Podman for the user `biocage`
 #   (subuids, runtime dir, runc, API socket), and the sandbox image in both engines.
-# Fast when everything is already there. Usage: sudo scripts/setup.sh [docker|podman|all]
+#   With `python` (and `all`): a virtual environment with the `biocage` Python package.
+# Fast when everything is already there. Usage: sudo scripts/setup.sh [docker|podman|python|all]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 what=${1:-all}
@@ -125,10 +126,38 @@ CONF
   done
 }
 
+# --- Python package (biocage-python/) ------------------------------------------------
+# A virtual environment (BIOCAGE_VENV, default .venv at the repository root) with the
+# `biocage` module built from biocage-python/ by maturin, and the tools of its tests.
+VENV=${BIOCAGE_VENV:-$root/.venv}
+setup_python() {
+  have cargo || { log "cargo is needed to build the Python package (biocage-python)"; exit 1; }
+  local py=/usr/bin/python3
+  [ -x "$py" ] || apt_install python3
+  "$py" -c 'import ensurepip, venv' >/dev/null 2>&1 || apt_install python3-venv
+  if [ ! -x "$VENV/bin/python" ]; then
+    log "creating the virtual environment $VENV"
+    "$py" -m venv "$VENV"
+  fi
+  if ! "$VENV/bin/python" -c 'import maturin, pytest, pytest_asyncio' >/dev/null 2>&1 \
+      || [ ! -x "$VENV/bin/ruff" ]; then
+    log "installing maturin, pytest, pytest-asyncio and ruff into $VENV"
+    "$VENV/bin/pip" install -q "maturin>=1.5,<2" "pytest>=7" "pytest-asyncio>=0.23" ruff \
+      >"$LOGDIR/python-tools.log" 2>&1 || { cat "$LOGDIR/python-tools.log" >&2; exit 1; }
+  fi
+  # Always: cargo makes it quick when nothing changed. maturin is the PEP 517 backend.
+  log "building biocage-python and installing it into $VENV (log: $LOGDIR/python.log)"
+  PATH="$VENV/bin:$PATH" "$VENV/bin/pip" install --no-build-isolation --force-reinstall --no-deps \
+    "$root/biocage-python" >"$LOGDIR/python.log" 2>&1 || { tail -40 "$LOGDIR/python.log" >&2; exit 1; }
+}
+# --- end of the Python package --------------------------------------------------------
+
 case "$what" in
   docker) setup_docker ;;
   podman) setup_docker; setup_podman ;;
-  all) setup_docker; setup_podman ;;
-  *) log "unknown target '$what' (docker, podman or all)"; exit 2 ;;
+  python) setup_python ;;
+  all) setup_docker; setup_podman; setup_python ;;
+  *) log "unknown target '$what' (docker, podman, python or all)"; exit 2 ;;
 esac
-log "ready: docker $(docker version --format '{{.Server.Version}}'), image $IMAGE$( [ "$what" = docker ] || echo ", rootless podman socket unix://$(podman_env | cut -d= -f2)/podman/podman.sock")"
+if [ "$what" = python ]; then log "ready: the biocage Python package in $VENV"; exit 0; fi
+log "ready: docker $(docker version --format '{{.Server.Version}}'), image $IMAGE$( [ "$what" = docker ] || echo ", rootless podman socket unix://$(podman_env | cut -d= -f2)/podman/podman.sock")$( [ "$what" = all ] && echo ", Python package in $VENV")"

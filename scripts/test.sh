@@ -36,4 +36,28 @@ if [ -s "$report" ]; then
   echo "== capability-gated differences"
   sort -u "$report"
 fi
+# --- Python package (biocage-python/): its pytest suite, on the same engines ------------
+# (Re)builds the package into the virtual environment of scripts/setup.sh, then runs
+# biocage-python/tests; prints the count per engine. Then ruff (lint, format) on it.
+echo "== python package (biocage-python)"
+pylog=$(mktemp /tmp/biocage-pytest-log.XXXXXX)
+set +e
+bash scripts/setup.sh python && (cd biocage-python && PYTHONDONTWRITEBYTECODE=1 "${BIOCAGE_VENV:-$root/.venv}/bin/python" -m pytest -v -rs -p no:cacheprovider tests) 2>&1 | tee "$pylog"
+pystatus=${PIPESTATUS[0]}
+set -e
+echo "== python tests per engine"
+for engine in ${BIOCAGE_TEST_ENGINES//,/ }; do
+  passed=$(grep -cE "\[${engine}\] PASSED" "$pylog" || true)
+  failed=$(grep -cE "\[${engine}\] (FAILED|ERROR)" "$pylog" || true)
+  echo "python-$engine: $passed passed, $failed failed"
+done
+echo "python: $(grep -c ' PASSED' "$pylog" || true) passed, $(grep -cE ' (FAILED|ERROR)( |$)' "$pylog" || true) failed, $(grep -c ' SKIPPED' "$pylog" || true) skipped"
+rm -f "$pylog"
+[ "$pystatus" -eq 0 ] || status=1
+venv=${BIOCAGE_VENV:-$root/.venv}
+if ! { "$venv/bin/ruff" check -q --no-cache biocage-python && "$venv/bin/ruff" format -q --no-cache --check biocage-python; }; then
+  echo "python: ruff found problems (run: $venv/bin/ruff check --fix biocage-python; $venv/bin/ruff format biocage-python)"
+  status=1
+fi
+# --- end of the Python package --------------------------------------------------------
 exit "$status"
