@@ -52,8 +52,9 @@ for name in MODULES:
             continue  # a SKIP option or an early stop: not comparable
         counts[name] = counts.get(name, 0) + len(test.examples)
         out.append({"module": name, "name": test.name, "examples": [
-            {"source": e.source, "want": e.want, "exc_msg": e.exc_msg, "options": {str(k): v for k, v in e.options.items()},
-             "native": ok} for e, ok in zip(test.examples, results)]})
+            {"source": e.source, "want": e.want, "exc_msg": e.exc_msg,
+             "options": {str(k): v for k, v in e.options.items()}, "native": ok}
+            for e, ok in zip(test.examples, results)]})
 with open("/workspace/doctests.json", "w") as f:
     json.dump(out, f)
 print(json.dumps(counts))
@@ -131,7 +132,8 @@ def main():
     started = time.monotonic()
     repl = Repl(args.biocage, args.runtime)
     code = "import subprocess, sys\nMODULES = %r\n" % MODULES
-    code += "r = subprocess.run([sys.executable, '-c', 'MODULES = %%r\\n' %% MODULES + %r], capture_output=True, text=True)\n" % EXTRACT
+    code += ("r = subprocess.run([sys.executable, '-c', 'MODULES = %%r\\n' %% MODULES + %r],"
+             " capture_output=True, text=True)\n" % EXTRACT)
     code += "print(r.stdout.strip(), r.stderr[-2000:])"
     r = repl.run(code, timeout=600)
     if not r.get("success"):
@@ -139,7 +141,8 @@ def main():
     print("examples found per module:", r["stdout"].strip()[:2000])
     tests, chunk = "", 1 << 19
     while True:
-        part = repl.run("with open('/workspace/doctests.json') as f:\n    f.seek(%d)\n    print(f.read(%d), end='')" % (len(tests), chunk))
+        part = repl.run("with open('/workspace/doctests.json') as f:\n    f.seek(%d)\n"
+                        "    print(f.read(%d), end='')" % (len(tests), chunk))
         tests += part["stdout"]
         if len(part["stdout"]) < chunk:
             break

@@ -104,7 +104,7 @@ pub struct BuildArgs {
     /// A requirements.txt whose packages are added to --base (a custom image; needs --tag).
     #[arg(long, value_name = "FILE", conflicts_with = "pyproject")]
     pub requirements: Option<PathBuf>,
-    /// A pyproject.toml whose [project] dependencies are added to --base (a custom image;
+    /// A pyproject.toml whose project dependencies are added to --base (a custom image;
     /// needs --tag).
     #[arg(long, value_name = "FILE")]
     pub pyproject: Option<PathBuf>,

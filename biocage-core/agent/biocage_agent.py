@@ -127,9 +127,13 @@ def _forbid_namespaces(extra_denied=()):
     labels = {"allow": 0x7FFF0000, "eperm": 0x00050000 | errno.EPERM, "enosys": 0x00050000 | errno.ENOSYS}
     at = {name: len(code) + k for k, name in enumerate(labels)}
     prog = []
+    def rel(target, pos):
+        if target is None:
+            return 0
+        return at[target] - pos - 1 if isinstance(target, str) else target
+
     for pos, (op, jt, jf, k) in enumerate(code):
-        rel = lambda t: 0 if t is None else (at[t] - pos - 1 if isinstance(t, str) else t)  # noqa: E731
-        prog.append((op, rel(jt), rel(jf), k))
+        prog.append((op, rel(jt, pos), rel(jf, pos), k))
     prog += [(ret, 0, 0, value) for value in labels.values()]
     try:
         class Filter(ctypes.Structure):
@@ -1228,7 +1232,8 @@ class Supervisor:
                 "traceback": None})
         elif err is None:
             res.update(success=True, exit_code=0, error=None)
-        elif err["name"] == "KeyboardInterrupt" and self.run["interrupted"] and not self.run["host_interrupt"]:
+        elif err["name"] == "KeyboardInterrupt" and self.run["interrupted"] \
+                and not self.run["host_interrupt"]:
             err.update(kind="timeout", message="execution exceeded the %.3g s timeout and was interrupted"
                        % self.run["timeout"])
             res.update(success=False, exit_code=124, error=err)
@@ -1602,7 +1607,11 @@ class Mirror:
             if key not in found:
                 changes.append(("gone", key, old))
         # Folders before what they hold; removals deepest first.
-        changes.sort(key=lambda c: (c[0] == "gone", -c[1][1].count(b"/") if c[0] == "gone" else c[1][1].count(b"/")))
+        def order(change):
+            depth = change[1][1].count(b"/")
+            return (change[0] == "gone", -depth if change[0] == "gone" else depth)
+
+        changes.sort(key=order)
         self.known = found
         return changes
 
@@ -1621,7 +1630,8 @@ class Mirror:
         if not more:
             self.pending = self.scan()
         head, self.pending = self.pending[:page], self.pending[page:]
-        items = [{"kind": kind, "root": self.roots.index(root), "p64": _b64(rel), "size": st[2], "mode": st[5]}
+        items = [{"kind": kind, "root": self.roots.index(root), "p64": _b64(rel),
+                  "size": st[2], "mode": st[5]}
                  for kind, (root, rel), st in head]
         out = {"changes": items, "more": bool(self.pending)}
         if not more:

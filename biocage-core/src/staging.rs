@@ -7,7 +7,7 @@
 //!   or granted to it by an access-control entry when it is not. That uid is never a
 //!   host account (see [`crate::uids`]).
 //! - Read-write exposures are not staged here: they live in a size-capped tmpfs inside
-//!   the sandbox and are mirrored back through the agent (see [`crate::mirror`]), so
+//!   the sandbox and are mirrored back through the agent (see `mirror.rs`), so
 //!   nothing a sandbox writes is ever on a host filesystem.
 //! - Sandboxes without network get generated `/etc/hosts` and `/etc/resolv.conf`:
 //!   nothing of the host's names or DNS servers.

@@ -1,5 +1,5 @@
 //! Helper process of the conformance case `killed_owner_leaves_nothing`: opens a session
-//! on the engine named in argv[1], prints its container id, then runs code for minutes
+//! on the engine named by its first argument, prints its container id, then runs code for minutes
 //! until it is killed.
 
 use biocage_conformance::harness;

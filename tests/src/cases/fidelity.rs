@@ -144,7 +144,7 @@ pd.DataFrame({'b': [3]})
     s.close().await.unwrap();
 }
 
-/// A script runs as `python job.py ARGS...`: argv, __file__, sys.path[0], argparse, and
+/// A script runs as `python job.py ARGS...`: argv, `__file__`, `sys.path[0]`, argparse, and
 /// its exit status.
 pub async fn scripts_run_as_python_runs_them(rt: &dyn SandboxRuntime) {
     let s = session(rt).await;
