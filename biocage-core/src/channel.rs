@@ -247,3 +247,11 @@ fn dispatch(line: &[u8], pending: &Mutex<Pending>) {
         None => tracing::debug!("agent message for no waiting request: {msg}"),
     }
 }
+
+impl std::fmt::Debug for AgentChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentChannel")
+            .field("closed", &self.is_closed())
+            .finish_non_exhaustive()
+    }
+}

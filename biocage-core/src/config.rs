@@ -1,6 +1,6 @@
 //! Sandbox configuration: safe defaults, loosened only explicitly.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -238,7 +238,7 @@ impl SandboxConfig {
                 "must be between 1 KiB and 256 MiB",
             );
         }
-        if !crate::spec::is_absolute_clean(&self.workspace) {
+        if !is_absolute_clean(&self.workspace) {
             return bad(
                 "workspace",
                 self.workspace.clone(),
@@ -266,7 +266,7 @@ impl SandboxConfig {
                 );
             }
         }
-        crate::spec::validate_exposures(self)
+        validate_exposures(self)
     }
 }
 
@@ -397,6 +397,101 @@ impl SandboxConfigBuilder {
         self.config.validate()?;
         Ok(self.config)
     }
+}
+
+/// Container paths no exposure may cover: the system, and the agent's own places.
+const RESERVED_TARGETS: &[&str] = &[
+    "/proc",
+    "/sys",
+    "/dev",
+    "/usr",
+    "/etc",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/boot",
+    "/run",
+    "/var/run",
+    "/opt/biocage",
+];
+
+/// Most files and folders in each tmpfs: millions of empty files would otherwise pin
+/// kernel memory without counting against the size limit.
+pub const TMPFS_INODES: u32 = 65536;
+
+/// True for an absolute path with no "." or ".." component and no NUL.
+pub fn is_absolute_clean(path: &str) -> bool {
+    path.starts_with('/')
+        && !path.contains('\0')
+        && path.split('/').skip(1).all(|c| c != ".." && c != ".")
+}
+
+fn normalize(path: &str) -> String {
+    let trimmed = path.trim_end_matches('/');
+    let mut out = String::new();
+    for part in trimmed.split('/').filter(|p| !p.is_empty()) {
+        out.push('/');
+        out.push_str(part);
+    }
+    if out.is_empty() {
+        "/".into()
+    } else {
+        out
+    }
+}
+
+fn is_within(path: &str, root: &str) -> bool {
+    path == root || path.starts_with(&format!("{root}/"))
+}
+
+/// Checks exposures: host path present, target absolute, clean, not over a system
+/// location, not on the same target as another exposure.
+pub fn validate_exposures(config: &SandboxConfig) -> Result<()> {
+    let mut seen = HashSet::new();
+    for e in &config.exposures {
+        let bad = |reason: String| Error::InvalidConfig {
+            field: "exposure",
+            value: format!("{}:{}", e.host.display(), e.container),
+            reason,
+        };
+        if !e.host.exists() {
+            return Err(bad(format!(
+                "host path {} does not exist; give an existing file or folder",
+                e.host.display()
+            )));
+        }
+        if e.mode == ExposureMode::ReadWrite && !e.host.is_dir() {
+            return Err(bad(
+                "read-write exposures must be folders; expose a file read-only, or its folder read-write"
+                    .into(),
+            ));
+        }
+        if !is_absolute_clean(&e.container) {
+            return Err(bad(
+                "the container path must be absolute and must not contain '.' or '..'".into(),
+            ));
+        }
+        let target = normalize(&e.container);
+        let reserved = target == "/"
+            || target == "/tmp"
+            || target == normalize(&config.workspace)
+            || RESERVED_TARGETS.iter().any(|r| is_within(&target, r));
+        if reserved {
+            return Err(bad(format!(
+                "{target} is a system or sandbox location; choose a path such as /data/... or {}/...",
+                config.workspace
+            )));
+        }
+        if !seen.insert(target.clone()) {
+            return Err(bad(format!(
+                "two exposures target {target}; give each its own container path"
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

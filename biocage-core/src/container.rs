@@ -43,7 +43,7 @@ impl ContainerIdentity {
     }
 
     /// An engine error while doing `action` in this container.
-    pub fn failed(&self, action: &str, e: impl std::fmt::Display) -> crate::Error {
+    pub fn failed(&self, action: &str, e: impl Into<crate::error::BoxError>) -> crate::Error {
         crate::Error::engine(self.engine, format!("{action} in {}", self.name), e)
     }
 }
@@ -84,4 +84,10 @@ pub trait ContainerLauncher: Send + Sync {
         spec: &crate::ContainerSpec,
         cgroup_limits: bool,
     ) -> Result<std::sync::Arc<dyn ContainerOps>>;
+}
+
+impl std::fmt::Debug for AgentStreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentStreams").finish_non_exhaustive()
+    }
 }

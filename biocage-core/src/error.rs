@@ -1,5 +1,8 @@
 //! Typed errors: each says what failed and what to do about it.
 
+/// A cause kept inside an [`Error`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// The result type of every fallible BioCage operation.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -60,14 +63,25 @@ pub enum Error {
         reason: String,
     },
     /// The engine refused or failed an operation.
-    #[error("{engine} failed while {action}: {message}")]
+    #[error("{engine} failed while {action}: {source}")]
     Engine {
         /// Engine name.
         engine: String,
         /// What BioCage was doing.
         action: String,
-        /// The engine's message.
-        message: String,
+        /// The engine's error, kept as it came.
+        #[source]
+        source: BoxError,
+    },
+    /// A container, session or image the caller named does not exist.
+    #[error("{what} {name} was not found on {engine}")]
+    NotFound {
+        /// Engine name.
+        engine: String,
+        /// "container", "image", ...
+        what: &'static str,
+        /// The name or id that was asked for.
+        name: String,
     },
     /// The agent in the container misbehaved or could not be started.
     #[error("sandbox agent: {0}")]
@@ -90,16 +104,13 @@ pub enum Error {
 }
 
 impl Error {
-    /// An [`Error::Engine`] for `engine` while doing `action`.
-    pub fn engine(
-        engine: &str,
-        action: impl Into<String>,
-        message: impl std::fmt::Display,
-    ) -> Self {
+    /// An [`Error::Engine`] for `engine` while doing `action`, keeping `source` (an
+    /// error of the engine's client, or a message) as the cause.
+    pub fn engine(engine: &str, action: impl Into<String>, source: impl Into<BoxError>) -> Self {
         Error::Engine {
             engine: engine.to_string(),
             action: action.into(),
-            message: message.to_string(),
+            source: source.into(),
         }
     }
 

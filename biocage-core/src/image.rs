@@ -475,7 +475,8 @@ async fn build_recipe(
 /// Turns an engine's build error into a [`Error::BuildFailed`] that quotes pip.
 fn failed_build(e: Error, log: &BuildLog, tag: &str, what: &str) -> Error {
     match e {
-        Error::Engine { message, .. } => {
+        Error::Engine { source, .. } => {
+            let message = source.to_string();
             let reason = if log.pip_failed() {
                 let hint = if log.index_unreachable() {
                     "; the build could not reach the package index: build with --offline (the host downloads the wheels) or give a folder of wheels with --wheels"

@@ -9,7 +9,9 @@
 
 #![deny(missing_docs)]
 
+#[doc(hidden)]
 pub mod agent;
+#[doc(hidden)]
 pub mod channel;
 pub mod config;
 pub mod container;
@@ -23,7 +25,9 @@ pub mod result;
 pub mod runtime;
 pub mod session;
 pub mod size;
+#[doc(hidden)]
 pub mod spec;
+#[doc(hidden)]
 pub mod staging;
 pub mod uids;
 
@@ -40,4 +44,4 @@ pub use runtime::{
     SessionInfo,
 };
 pub use session::AgentSession;
-pub use spec::{ContainerSpec, TmpfsMount, LABEL_MANAGED, LABEL_SESSION};
+pub use spec::{ContainerSpec, Rlimit, TmpfsMount, LABEL_MANAGED, LABEL_SESSION};

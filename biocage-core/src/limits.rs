@@ -4,10 +4,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::TMPFS_INODES;
 use crate::config::{ExposureMode, SandboxConfig};
 use crate::error::{Error, Result};
 use crate::size::format_size;
-use crate::spec::TMPFS_INODES;
 
 /// Who enforces a limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -168,7 +168,11 @@ impl SessionPool {
         let st = lock(&self.inner.state);
         PoolStats {
             ready: st.ready.len(),
-            ready_sessions: st.ready.iter().map(|r| r.session.id().to_string()).collect(),
+            ready_sessions: st
+                .ready
+                .iter()
+                .map(|r| r.session.id().to_string())
+                .collect(),
             ..st.stats.clone()
         }
     }

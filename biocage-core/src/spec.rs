@@ -1,19 +1,18 @@
 //! The engine-neutral description of a sandbox container, made from a config.
 
-use std::collections::{BTreeMap, HashSet};
-use std::path::PathBuf;
+use std::collections::BTreeMap;
 
 use serde_json::json;
 
 use crate::agent;
-use crate::config::{ExposureMode, SandboxConfig};
+use crate::config::{ExposureMode, SandboxConfig, TMPFS_INODES};
 use crate::error::{Error, Result};
 use crate::limits::LimitPlan;
 use crate::result::{
     MAX_DISPLAYS, MAX_DISPLAY_BYTES, MAX_IMAGES, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MESSAGE_CAP,
     TRACEBACK_CAP, VALUE_CAP,
 };
-use crate::staging::Staging;
+use crate::staging::{BindMount, Staging};
 
 /// Longest request line the agent accepts: the largest code, JSON-escaped (6 bytes a
 /// byte at worst), or the largest transfer in base64, plus framing.
@@ -57,47 +56,68 @@ pub fn host_name() -> String {
         .unwrap_or_default()
 }
 
-/// Container paths no exposure may cover: the system, and the agent's own places.
-const RESERVED_TARGETS: &[&str] = &[
-    "/proc",
-    "/sys",
-    "/dev",
-    "/usr",
-    "/etc",
-    "/bin",
-    "/sbin",
-    "/lib",
-    "/lib32",
-    "/lib64",
-    "/libx32",
-    "/boot",
-    "/run",
-    "/var/run",
-    "/opt/biocage",
-];
-
-/// Most files and folders in each tmpfs: millions of empty files would otherwise pin
-/// kernel memory without counting against the size limit.
-pub const TMPFS_INODES: u32 = 65536;
-
-/// A tmpfs mounted in the container.
+/// A tmpfs mounted in the container: always writable, nosuid and nodev.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TmpfsMount {
     /// Where.
     pub target: String,
-    /// Mount options, e.g. "rw,nosuid,nodev,size=134217728,mode=1777".
-    pub options: String,
+    /// Size in bytes (ENOSPC past it).
+    pub size_bytes: u64,
+    /// Most files and folders in it, where the engine can hold that (`nr_inodes`).
+    pub inodes: Option<u32>,
+    /// Permission bits of its root.
+    pub mode: u32,
+    /// uid and gid owning its root (the sandbox user), or root when None.
+    pub owner: Option<(u32, u32)>,
+    /// Programs may be run from it (else noexec).
+    pub exec: bool,
 }
 
-/// A host path bound into the container.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BindMount {
-    /// Host path (absolute).
-    pub host: PathBuf,
-    /// Container path.
-    pub target: String,
-    /// Mounted read-only.
-    pub read_only: bool,
+impl TmpfsMount {
+    /// The mount options as the kernel reads them, e.g.
+    /// `rw,nosuid,nodev,size=134217728,nr_inodes=65536,mode=1777`.
+    pub fn kernel_options(&self) -> Vec<String> {
+        let mut out = vec!["rw".to_string(), "nosuid".into(), "nodev".into()];
+        if !self.exec {
+            out.push("noexec".into());
+        }
+        out.push(format!("size={}", self.size_bytes));
+        if let Some(n) = self.inodes {
+            out.push(format!("nr_inodes={n}"));
+        }
+        out.push(format!("mode={:04o}", self.mode));
+        if let Some((u, g)) = self.owner {
+            out.push(format!("uid={u}"));
+            out.push(format!("gid={g}"));
+        }
+        out
+    }
+}
+
+/// A resource limit the engine sets on the container's processes (soft = hard).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Rlimit {
+    /// Open files (RLIMIT_NOFILE).
+    NoFile(u64),
+    /// Processes of a uid (RLIMIT_NPROC).
+    NProc(u64),
+    /// Core dump size (RLIMIT_CORE).
+    Core(u64),
+    /// Bytes of POSIX message queues of a uid (RLIMIT_MSGQUEUE).
+    MsgQueue(u64),
+}
+
+impl Rlimit {
+    /// The name engines use ("nofile", "nproc", "core", "msgqueue") and the value.
+    pub fn name_and_value(self) -> (&'static str, u64) {
+        match self {
+            Rlimit::NoFile(v) => ("nofile", v),
+            Rlimit::NProc(v) => ("nproc", v),
+            Rlimit::Core(v) => ("core", v),
+            Rlimit::MsgQueue(v) => ("msgqueue", v),
+        }
+    }
 }
 
 /// Everything a backend needs to create a hardened sandbox container.
@@ -111,8 +131,8 @@ pub struct ContainerSpec {
     pub user: String,
     /// Labels (managed marker, session id, owner pid).
     pub labels: BTreeMap<String, String>,
-    /// Environment, "KEY=VALUE".
-    pub env: Vec<String>,
+    /// Environment of every process.
+    pub env: BTreeMap<String, String>,
     /// The container's main process: the agent in its init role.
     pub init_argv: Vec<String>,
     /// The process attached as the control channel: the agent's supervisor.
@@ -133,8 +153,8 @@ pub struct ContainerSpec {
     pub shm_bytes: u64,
     /// Network enabled.
     pub network: bool,
-    /// Hard and soft rlimits set by the engine (explicit: engine defaults may exceed the host's).
-    pub ulimits: Vec<(String, i64)>,
+    /// rlimits set by the engine (explicit: engine defaults may exceed the host's).
+    pub ulimits: Vec<Rlimit>,
     /// Paths hidden (a null device or an empty read-only folder over them) besides the
     /// engine's own list.
     pub masked_paths: Vec<String>,
@@ -159,74 +179,76 @@ impl ContainerSpec {
         // cpus is validated within 0.01..=1024.
         #[allow(clippy::cast_possible_truncation)]
         let threads = config.cpus.ceil().clamp(1.0, 1024.0) as u64;
-        let mut env = vec![
-            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
-            format!("HOME={}", config.workspace),
-            // The uid may have no passwd entry (a uid of the session's own): getpass and
+        let mut env: BTreeMap<String, String> = [
+            (
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+            ),
+            ("HOME", config.workspace.clone()),
+            // The uid has no passwd entry (a uid of the session's own): getpass and
             // friends read these first.
-            "USER=sandbox".to_string(),
-            "LOGNAME=sandbox".to_string(),
-            "MPLBACKEND=Agg".to_string(),
-            "MPLCONFIGDIR=/tmp/.matplotlib".to_string(),
-            "PYTHONDONTWRITEBYTECODE=1".to_string(),
-            "PYTHONIOENCODING=utf-8".to_string(),
-            format!("OPENBLAS_NUM_THREADS={threads}"),
-            format!("OMP_NUM_THREADS={threads}"),
-            format!("MKL_NUM_THREADS={threads}"),
+            ("USER", "sandbox".into()),
+            ("LOGNAME", "sandbox".into()),
+            ("MPLBACKEND", "Agg".into()),
+            ("MPLCONFIGDIR", "/tmp/.matplotlib".into()),
+            ("PYTHONDONTWRITEBYTECODE", "1".into()),
+            ("PYTHONIOENCODING", "utf-8".into()),
+            ("OPENBLAS_NUM_THREADS", threads.to_string()),
+            ("OMP_NUM_THREADS", threads.to_string()),
+            ("MKL_NUM_THREADS", threads.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        env.extend(config.env.clone());
+        let owner = parse_user(&config.user);
+        let tmpfs_of =
+            |target: &str, size: u64, inodes: Option<u32>, mode: u32, owned: bool, exec: bool| {
+                TmpfsMount {
+                    target: target.to_string(),
+                    size_bytes: size,
+                    inodes,
+                    mode,
+                    owner: if owned { owner } else { None },
+                    exec,
+                }
+            };
+        let mut tmpfs = vec![
+            tmpfs_of(
+                "/tmp",
+                config.tmp_bytes,
+                Some(TMPFS_INODES),
+                0o1777,
+                false,
+                true,
+            ),
+            tmpfs_of(
+                &config.workspace,
+                config.workspace_bytes,
+                Some(TMPFS_INODES),
+                0o700,
+                true,
+                true,
+            ),
+            // Small and explicit: a rootless engine's read-only mode would otherwise mount
+            // these writable with half the host's memory as their size.
+            tmpfs_of("/run", 1 << 20, None, 0o755, false, false),
+            tmpfs_of("/var/tmp", 16 << 20, Some(1024), 0o1777, false, true),
         ];
-        for (k, v) in &config.env {
-            env.retain(|e| !e.starts_with(&format!("{k}=")));
-            env.push(format!("{k}={v}"));
-        }
-        let uid_gid = parse_user(&config.user);
-        let tmpfs = vec![
-            TmpfsMount {
-                target: "/tmp".into(),
-                options: format!(
-                    "rw,nosuid,nodev,size={},nr_inodes={},mode=1777",
-                    config.tmp_bytes, TMPFS_INODES
-                ),
-            },
-            TmpfsMount {
-                target: config.workspace.clone(),
-                options: format!(
-                    "rw,nosuid,nodev,size={},nr_inodes={},mode=0700{}",
-                    config.workspace_bytes,
-                    TMPFS_INODES,
-                    uid_gid
-                        .map(|(u, g)| format!(",uid={u},gid={g}"))
-                        .unwrap_or_default()
-                ),
-            },
-        ];
-        let mut tmpfs = tmpfs;
-        // Small and explicit: a rootless engine's read-only mode would otherwise mount
-        // these writable with half the host's memory as their size.
-        tmpfs.push(TmpfsMount {
-            target: "/run".into(),
-            options: "rw,nosuid,nodev,noexec,size=1048576,mode=0755".into(),
-        });
-        tmpfs.push(TmpfsMount {
-            target: "/var/tmp".into(),
-            options: format!("rw,nosuid,nodev,size={},nr_inodes=1024,mode=1777", 16 << 20),
-        });
         // Read-write exposures are tmpfs of their own, mirrored to the host by the agent.
         for e in config
             .exposures
             .iter()
             .filter(|e| e.mode == ExposureMode::ReadWrite)
         {
-            tmpfs.push(TmpfsMount {
-                target: e.container.clone(),
-                options: format!(
-                    "rw,nosuid,nodev,noexec,size={},nr_inodes={},mode=0700{}",
-                    config.rw_exposure_bytes,
-                    config.rw_exposure_files,
-                    uid_gid
-                        .map(|(u, g)| format!(",uid={u},gid={g}"))
-                        .unwrap_or_default()
-                ),
-            });
+            tmpfs.push(tmpfs_of(
+                &e.container,
+                config.rw_exposure_bytes,
+                Some(config.rw_exposure_files),
+                0o700,
+                true,
+                false,
+            ));
         }
         let binds = match staging {
             Some(st) => st.binds().to_vec(),
@@ -287,17 +309,17 @@ impl ContainerSpec {
             shm_bytes: config.shm_bytes,
             network: config.network,
             ulimits: vec![
-                ("nofile".into(), 4096),
+                Rlimit::NoFile(4096),
                 // Not the process limit (a cgroup, or the worker's own RLIMIT_NPROC, holds
                 // that): RLIMIT_NPROC counts every task of a uid on the host, and on rootless
                 // engines the exec'd runtime starts as the engine user's uid, whose own
                 // threads would then count against a tight value. 32768: rootless Podman's
                 // conmon holds that hard limit here, and no value above it can be set.
-                ("nproc".into(), 32768),
-                ("core".into(), 0),
+                Rlimit::NProc(32768),
+                Rlimit::Core(0),
                 // POSIX message queues are charged per user: on a rootless engine, to the
                 // engine's host user that every session shares.
-                ("msgqueue".into(), if plan.rootless { 0 } else { 819_200 }),
+                Rlimit::MsgQueue(if plan.rootless { 0 } else { 819_200 }),
             ],
             // Every session opening pseudo-terminals draws from one host-wide quota:
             // none in the sandbox. Without cgroup limits, the host's cgroup hierarchy
@@ -322,12 +344,13 @@ impl ContainerSpec {
 }
 
 impl ContainerSpec {
-    /// The cpu limit in billionths of a core (Docker's nano_cpus).
-    pub fn nano_cpus(&self) -> i64 {
-        // The config keeps cpus within 0.01..=1024, so this is at most 1.024e12.
+    /// The cpu limit as a whole number of `per_core` units (e.g. 1e9 for nanocpus,
+    /// 100000 for a cfs quota over a 100 ms period).
+    pub fn cpu_units(&self, per_core: u32) -> i64 {
+        // The config keeps cpus within 0.01..=1024, so this fits easily.
         #[allow(clippy::cast_possible_truncation)]
-        let nano = (self.cpus.clamp(0.0, 1024.0) * 1e9).round() as i64;
-        nano
+        let units = (self.cpus.clamp(0.0, 1024.0) * f64::from(per_core)).round() as i64;
+        units
     }
 
     /// A size as the signed 64-bit number engine APIs take; refused (never wrapped to a
@@ -345,78 +368,6 @@ impl ContainerSpec {
 fn parse_user(user: &str) -> Option<(u32, u32)> {
     let (u, g) = user.split_once(':').unwrap_or((user, user));
     Some((u.parse().ok()?, g.parse().ok()?))
-}
-
-/// True for an absolute path with no "." or ".." component and no NUL.
-pub fn is_absolute_clean(path: &str) -> bool {
-    path.starts_with('/')
-        && !path.contains('\0')
-        && path.split('/').skip(1).all(|c| c != ".." && c != ".")
-}
-
-fn normalize(path: &str) -> String {
-    let trimmed = path.trim_end_matches('/');
-    let mut out = String::new();
-    for part in trimmed.split('/').filter(|p| !p.is_empty()) {
-        out.push('/');
-        out.push_str(part);
-    }
-    if out.is_empty() {
-        "/".into()
-    } else {
-        out
-    }
-}
-
-fn is_within(path: &str, root: &str) -> bool {
-    path == root || path.starts_with(&format!("{root}/"))
-}
-
-/// Checks exposures: host path present, target absolute, clean, not over a system
-/// location, not on the same target as another exposure.
-pub fn validate_exposures(config: &SandboxConfig) -> Result<()> {
-    let mut seen = HashSet::new();
-    for e in &config.exposures {
-        let bad = |reason: String| Error::InvalidConfig {
-            field: "exposure",
-            value: format!("{}:{}", e.host.display(), e.container),
-            reason,
-        };
-        if !e.host.exists() {
-            return Err(bad(format!(
-                "host path {} does not exist; give an existing file or folder",
-                e.host.display()
-            )));
-        }
-        if e.mode == ExposureMode::ReadWrite && !e.host.is_dir() {
-            return Err(bad(
-                "read-write exposures must be folders; expose a file read-only, or its folder read-write"
-                    .into(),
-            ));
-        }
-        if !is_absolute_clean(&e.container) {
-            return Err(bad(
-                "the container path must be absolute and must not contain '.' or '..'".into(),
-            ));
-        }
-        let target = normalize(&e.container);
-        let reserved = target == "/"
-            || target == "/tmp"
-            || target == normalize(&config.workspace)
-            || RESERVED_TARGETS.iter().any(|r| is_within(&target, r));
-        if reserved {
-            return Err(bad(format!(
-                "{target} is a system or sandbox location; choose a path such as /data/... or {}/...",
-                config.workspace
-            )));
-        }
-        if !seen.insert(target.clone()) {
-            return Err(bad(format!(
-                "two exposures target {target}; give each its own container path"
-            )));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -450,7 +401,12 @@ mod tests {
         assert!(s
             .tmpfs
             .iter()
-            .any(|t| t.target == "/workspace" && t.options.contains("uid=1000")));
+            .any(|t| t.target == "/workspace" && t.owner == Some((1000, 1000))));
+        let tmp = s.tmpfs.iter().find(|t| t.target == "/tmp").unwrap();
+        assert_eq!(
+            tmp.kernel_options().join(","),
+            "rw,nosuid,nodev,size=134217728,nr_inodes=65536,mode=1777"
+        );
         assert_eq!(s.agent_argv[0], "python3");
         assert!(s.agent_argv.contains(&"biocage-serve".to_string()));
     }

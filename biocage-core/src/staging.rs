@@ -22,7 +22,17 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{Exposure, ExposureMode};
 use crate::error::{Error, Result};
-use crate::spec::BindMount;
+
+/// A host path bound into the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindMount {
+    /// Host path (absolute).
+    pub host: PathBuf,
+    /// Container path.
+    pub target: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
 
 /// Who must be able to use staged files: the sandbox user's uid and gid on the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -23,11 +23,14 @@ const DEFAULT_MASKED_PATHS: &[&str] = &[
 ];
 
 /// The create body for `spec`; cgroup limits applied when `cgroup_limits`.
-pub fn create_body(spec: &ContainerSpec, cgroup_limits: bool) -> Result<ContainerCreateBody> {
+pub(crate) fn create_body(
+    spec: &ContainerSpec,
+    cgroup_limits: bool,
+) -> Result<ContainerCreateBody> {
     let tmpfs: HashMap<String, String> = spec
         .tmpfs
         .iter()
-        .map(|t| (t.target.clone(), t.options.clone()))
+        .map(|t| (t.target.clone(), t.kernel_options().join(",")))
         .collect();
     let binds = spec
         .binds
@@ -44,10 +47,14 @@ pub fn create_body(spec: &ContainerSpec, cgroup_limits: bool) -> Result<Containe
     let ulimits = spec
         .ulimits
         .iter()
-        .map(|(name, v)| ResourcesUlimits {
-            name: Some(name.clone()),
-            soft: Some(*v),
-            hard: Some(*v),
+        .map(|r| {
+            let (name, v) = r.name_and_value();
+            let v = i64::try_from(v).unwrap_or(i64::MAX);
+            ResourcesUlimits {
+                name: Some(name.to_string()),
+                soft: Some(v),
+                hard: Some(v),
+            }
         })
         .collect();
     let mut host = HostConfig {
@@ -83,7 +90,7 @@ pub fn create_body(spec: &ContainerSpec, cgroup_limits: bool) -> Result<Containe
         let memory = ContainerSpec::signed("memory", spec.memory_bytes)?;
         host.memory = Some(memory);
         host.memory_swap = Some(memory);
-        host.nano_cpus = Some(spec.nano_cpus());
+        host.nano_cpus = Some(spec.cpu_units(1_000_000_000));
         host.pids_limit = Some(i64::from(spec.pids_limit));
     }
     Ok(ContainerCreateBody {
@@ -91,7 +98,7 @@ pub fn create_body(spec: &ContainerSpec, cgroup_limits: bool) -> Result<Containe
         cmd: Some(spec.init_argv.clone()),
         entrypoint: Some(vec![]),
         user: Some(spec.user.clone()),
-        env: Some(spec.env.clone()),
+        env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
         labels: Some(spec.labels.clone().into_iter().collect()),
         working_dir: Some(spec.workdir.clone()),
         network_disabled: Some(!spec.network),

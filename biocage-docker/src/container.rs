@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use crate::ENGINE;
 
 /// A sandbox container on Docker.
-pub struct DockerContainer {
+pub(crate) struct DockerContainer {
     pub(crate) docker: Docker,
     pub(crate) ident: ContainerIdentity,
 }

@@ -217,3 +217,9 @@ impl SandboxRuntime for DockerRuntime {
         remove_container(&self.docker, id).await
     }
 }
+
+impl std::fmt::Debug for DockerRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerRuntime").finish_non_exhaustive()
+    }
+}

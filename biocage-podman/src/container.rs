@@ -13,7 +13,7 @@ use tokio_util::compat::FuturesAsyncWriteCompatExt;
 use crate::ENGINE;
 
 /// A sandbox container on Podman.
-pub struct PodmanContainer {
+pub(crate) struct PodmanContainer {
     pub(crate) podman: Podman,
     pub(crate) ident: ContainerIdentity,
 }

@@ -1,6 +1,6 @@
 //! Translation of the engine-neutral [`ContainerSpec`] into libpod create options.
 
-use biocage_core::{ContainerSpec, Result};
+use biocage_core::{ContainerSpec, Result, TmpfsMount};
 use podman_api::models::{
     ContainerMount, LinuxCpu, LinuxMemory, LinuxPids, LinuxResources, LogConfig, Namespace,
     PosixRlimit,
@@ -8,13 +8,16 @@ use podman_api::models::{
 use podman_api::opts::ContainerCreateOpts;
 
 /// Create options for `spec`; cgroup limits set when the engine applies them.
-pub fn create_opts(spec: &ContainerSpec, cgroup_limits: bool) -> Result<ContainerCreateOpts> {
+pub(crate) fn create_opts(
+    spec: &ContainerSpec,
+    cgroup_limits: bool,
+) -> Result<ContainerCreateOpts> {
     let mut mounts: Vec<ContainerMount> = spec
         .tmpfs
         .iter()
         .map(|t| ContainerMount {
             destination: Some(t.target.clone()),
-            options: Some(tmpfs_options(&t.options)),
+            options: Some(tmpfs_options(t)),
             source: Some("tmpfs".into()),
             _type: Some("tmpfs".into()),
             uid_mappings: None,
@@ -35,20 +38,16 @@ pub fn create_opts(spec: &ContainerSpec, cgroup_limits: bool) -> Result<Containe
     let rlimits: Vec<PosixRlimit> = spec
         .ulimits
         .iter()
-        .map(|(name, v)| PosixRlimit {
-            hard: Some(u64::try_from(*v).unwrap_or(0)),
-            soft: Some(u64::try_from(*v).unwrap_or(0)),
-            type_: Some(name.clone()),
+        .map(|r| {
+            let (name, v) = r.name_and_value();
+            PosixRlimit {
+                hard: Some(v),
+                soft: Some(v),
+                type_: Some(name.to_string()),
+            }
         })
         .collect();
-    let env: Vec<(String, String)> = spec
-        .env
-        .iter()
-        .filter_map(|e| {
-            e.split_once('=')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-        })
-        .collect();
+    let env: Vec<(String, String)> = spec.env.clone().into_iter().collect();
     let mut b = ContainerCreateOpts::builder()
         .name(&spec.name)
         .image(&spec.image)
@@ -100,7 +99,7 @@ fn resources(spec: &ContainerSpec) -> Result<LinuxResources> {
             cpus: None,
             mems: None,
             period: Some(100_000),
-            quota: Some(spec.nano_cpus() / 10_000),
+            quota: Some(spec.cpu_units(100_000)),
             realtime_period: None,
             realtime_runtime: None,
             shares: None,
@@ -129,19 +128,14 @@ fn resources(spec: &ContainerSpec) -> Result<LinuxResources> {
 /// Podman refuses tmpfs uid=/gid= options; its "U" option chowns the tmpfs to the
 /// container's user instead, which is what they ask for. It refuses nr_inodes too:
 /// the inode limit is then reported as not enforced (see the capabilities).
-fn tmpfs_options(options: &str) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    let mut chown = false;
-    for o in options.split(',') {
-        if o.starts_with("uid=") || o.starts_with("gid=") {
-            chown = true;
-        } else if o.starts_with("nr_inodes=") {
-            continue;
-        } else {
-            out.push(o.to_string());
-        }
-    }
-    if chown {
+fn tmpfs_options(t: &TmpfsMount) -> Vec<String> {
+    let plain = TmpfsMount {
+        inodes: None,
+        owner: None,
+        ..t.clone()
+    };
+    let mut out = plain.kernel_options();
+    if t.owner.is_some() {
         out.push("U".into());
     }
     out
@@ -150,13 +144,21 @@ fn tmpfs_options(options: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::tmpfs_options;
+    use biocage_core::TmpfsMount;
 
     #[test]
-    fn uid_gid_become_chown() {
+    fn owner_becomes_chown_and_inodes_are_left_out() {
+        let t = TmpfsMount {
+            target: "/w".into(),
+            size_bytes: 10,
+            inodes: Some(5),
+            mode: 0o700,
+            owner: Some((1000, 1000)),
+            exec: true,
+        };
         assert_eq!(
-            tmpfs_options("rw,size=10,nr_inodes=5,mode=0700,uid=1000,gid=1000"),
-            ["rw", "size=10", "mode=0700", "U"]
+            tmpfs_options(&t),
+            ["rw", "nosuid", "nodev", "size=10", "mode=0700", "U"]
         );
-        assert_eq!(tmpfs_options("rw,mode=1777"), ["rw", "mode=1777"]);
     }
 }

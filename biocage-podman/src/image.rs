@@ -66,7 +66,7 @@ impl ImageEngine for Builder<'_> {
             Some(tag) => format!("building {tag}"),
             None => "building an image".to_string(),
         };
-        let failed = |e: &dyn std::fmt::Display| Error::engine(ENGINE, &action, e);
+        let failed = |e: &dyn std::fmt::Display| Error::engine(ENGINE, &action, e.to_string());
         let context = tar_folder(&build.context)
             .map_err(|e| Error::io(format!("packing {}", build.context.display()), e))?;
         let options = BuildImageOptions {

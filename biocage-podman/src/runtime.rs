@@ -72,7 +72,7 @@ impl PodmanRuntime {
         &self.socket
     }
 
-    fn engine_error(&self, action: &str, e: impl std::fmt::Display) -> Error {
+    fn engine_error(&self, action: &str, e: impl Into<biocage_core::error::BoxError>) -> Error {
         Error::engine(ENGINE, action, e)
     }
 }
@@ -234,4 +234,12 @@ fn id_map(ranges: Option<&[podman_api::models::IdMap]>) -> Vec<IdMap> {
             })
         })
         .collect()
+}
+
+impl std::fmt::Debug for PodmanRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PodmanRuntime")
+            .field("socket", &self.socket)
+            .finish_non_exhaustive()
+    }
 }

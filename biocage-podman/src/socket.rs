@@ -28,6 +28,6 @@ fn current_uid() -> u32 {
 }
 
 /// The command that starts a rootless API socket at the default place.
-pub fn start_hint() -> String {
+pub(crate) fn start_hint() -> String {
     "Start the Podman API service as the user that runs the sandboxes: `systemctl --user start podman.socket`, or `podman system service --time=0 unix://$XDG_RUNTIME_DIR/podman/podman.sock &` (as root on this project's machines: scripts/setup.sh podman), or set CONTAINER_HOST=unix:///path/to/podman.sock".to_string()
 }

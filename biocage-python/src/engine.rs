@@ -15,7 +15,7 @@ use crate::errors::Failure;
 
 /// Which engine a caller asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Choice {
+pub(crate) enum Choice {
     /// Docker Engine (`DOCKER_HOST`, else the local socket).
     Docker,
     /// Podman's API socket (`CONTAINER_HOST`, else the rootless default).
@@ -26,7 +26,7 @@ pub enum Choice {
 
 impl Choice {
     /// Parses "docker", "podman" or "auto" (any case).
-    pub fn parse(text: &str) -> Result<Self, Failure> {
+    pub(crate) fn parse(text: &str) -> Result<Self, Failure> {
         match text.trim().to_ascii_lowercase().as_str() {
             "docker" => Ok(Choice::Docker),
             "podman" => Ok(Choice::Podman),
@@ -56,7 +56,7 @@ impl Choice {
 }
 
 /// An engine connection shared by every sandbox of the process.
-pub type Engine = Arc<dyn SandboxRuntime>;
+pub(crate) type Engine = Arc<dyn SandboxRuntime>;
 
 struct Process {
     pid: u32,
@@ -91,17 +91,17 @@ fn process() -> Result<&'static Process, Failure> {
 }
 
 /// The process's tokio runtime.
-pub fn runtime() -> Result<&'static Runtime, Failure> {
+pub(crate) fn runtime() -> Result<&'static Runtime, Failure> {
     Ok(process()?.runtime)
 }
 
 /// True when `pid` is this process (sessions made before a fork belong to the parent).
-pub fn is_this_process(pid: u32) -> bool {
+pub(crate) fn is_this_process(pid: u32) -> bool {
     pid == std::process::id()
 }
 
 /// The engine for `choice`, connecting on first use (Docker, then Podman, for `Auto`).
-pub async fn connect(choice: Choice) -> Result<Engine, Failure> {
+pub(crate) async fn connect(choice: Choice) -> Result<Engine, Failure> {
     let process = process()?;
     let key = (choice, choice.endpoint_var());
     let mut engines = process.engines.lock().await;
@@ -138,7 +138,7 @@ pub async fn connect(choice: Choice) -> Result<Engine, Failure> {
 
 /// How many cpus the engine can give one container on this host (the cpus this process
 /// may run on): Docker refuses a limit above it, so a larger one is held at it.
-pub fn host_cpus() -> f64 {
+pub(crate) fn host_cpus() -> f64 {
     // SAFETY: sched_getaffinity writes at most size_of::<cpu_set_t>() bytes into `set`,
     // which is a plain bit set for which all-zero is a valid value.
     let counted = unsafe {

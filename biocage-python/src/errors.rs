@@ -12,7 +12,7 @@ use pyo3::types::PyModule;
 
 /// What went wrong in a call, before it becomes a Python exception (which needs the GIL).
 #[derive(Debug)]
-pub enum Failure {
+pub(crate) enum Failure {
     /// An error of the engine backends or the core.
     Core(Error),
     /// No engine answered to `runtime="auto"`.
@@ -101,13 +101,13 @@ fn class_of(failure: &Failure) -> (&'static str, Vec<(&'static str, String)>) {
             Error::Engine {
                 engine,
                 action,
-                message,
+                source,
             } => (
                 "EngineError",
                 vec![
                     ("engine", engine.clone()),
                     ("action", action.clone()),
-                    ("reason", message.clone()),
+                    ("reason", source.to_string()),
                 ],
             ),
             Error::Agent(_) => ("AgentError", vec![]),
@@ -122,7 +122,7 @@ fn class_of(failure: &Failure) -> (&'static str, Vec<(&'static str, String)>) {
 
 impl Failure {
     /// The Python exception: a `biocage.errors` class with the core's message.
-    pub fn into_pyerr(self, py: Python<'_>) -> PyErr {
+    pub(crate) fn into_pyerr(self, py: Python<'_>) -> PyErr {
         let message = self.to_string();
         let (class, attrs) = class_of(&self);
         let made = (|| -> PyResult<PyErr> {
@@ -139,6 +139,6 @@ impl Failure {
 }
 
 /// Converts a result of the core into a Python result.
-pub fn py_result<T>(py: Python<'_>, r: Result<T, Failure>) -> PyResult<T> {
+pub(crate) fn py_result<T>(py: Python<'_>, r: Result<T, Failure>) -> PyResult<T> {
     r.map_err(|f| f.into_pyerr(py))
 }

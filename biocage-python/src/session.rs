@@ -32,7 +32,7 @@ const STOP_SLACK: Duration = Duration::from_secs(3);
 type Shared = Arc<Box<dyn Session>>;
 
 /// One live session and the bookkeeping its callers share.
-pub struct Inner {
+pub(crate) struct Inner {
     engine: String,
     id: String,
     pid: u32,
@@ -685,7 +685,7 @@ impl SessionCore {
 
 /// Starts a session on `runtime` ("docker", "podman" or "auto") with `config`.
 #[pyfunction]
-pub fn start(
+pub(crate) fn start(
     py: Python<'_>,
     runtime_name: &str,
     config: PyRef<'_, PyConfig>,
@@ -713,7 +713,7 @@ pub fn start(
 
 /// `start` on `loop`: a future of the `SessionCore`.
 #[pyfunction]
-pub fn start_async(
+pub(crate) fn start_async(
     py: Python<'_>,
     event_loop: &Bound<'_, PyAny>,
     runtime_name: &str,
@@ -732,7 +732,7 @@ pub fn start_async(
 
 /// Closes every session of this process that is still open (at interpreter exit).
 #[pyfunction]
-pub fn close_all(py: Python<'_>) -> PyResult<()> {
+pub(crate) fn close_all(py: Python<'_>) -> PyResult<()> {
     let live: Vec<Arc<Inner>> = {
         let mut list = lock(&LIVE);
         let live = list.iter().filter_map(Weak::upgrade).collect();
@@ -765,4 +765,10 @@ pub fn close_all(py: Python<'_>) -> PyResult<()> {
         .await;
     });
     wait_for(py, rt, &mut handle)
+}
+
+impl std::fmt::Debug for SessionCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionCore").finish_non_exhaustive()
+    }
 }

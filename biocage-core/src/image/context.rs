@@ -41,7 +41,7 @@ fn plain(s: &str) -> bool {
 
 impl Recipe<'_> {
     /// The Dockerfile.
-    pub fn dockerfile(&self) -> Result<String> {
+    pub(super) fn dockerfile(&self) -> Result<String> {
         for (what, value) in [
             ("base image id", self.base_id),
             ("requirements file name", self.requirements_file),
@@ -117,7 +117,7 @@ fn pin_time(path: &Path) -> std::io::Result<()> {
 
 impl CustomContext {
     /// An empty context with a `wheels/` folder.
-    pub fn new() -> Result<Self> {
+    pub(super) fn new() -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("biocage-build-")
             .tempdir()
@@ -128,17 +128,17 @@ impl CustomContext {
     }
 
     /// The context folder.
-    pub fn path(&self) -> &Path {
+    pub(super) fn path(&self) -> &Path {
         self.dir.path()
     }
 
     /// The wheels folder.
-    pub fn wheels(&self) -> PathBuf {
+    pub(super) fn wheels(&self) -> PathBuf {
         self.dir.path().join("wheels")
     }
 
     /// Writes `name` (a file at the top of the context) with `content`.
-    pub fn write(&self, name: &str, content: &str) -> Result<PathBuf> {
+    pub(super) fn write(&self, name: &str, content: &str) -> Result<PathBuf> {
         let path = self.dir.path().join(name);
         std::fs::write(&path, content)
             .map_err(|e| Error::io(format!("writing {name} into the build context"), e))?;
@@ -146,7 +146,7 @@ impl CustomContext {
     }
 
     /// Copies `wheel` into the wheels folder.
-    pub fn add_wheel(&self, wheel: &Path) -> Result<()> {
+    pub(super) fn add_wheel(&self, wheel: &Path) -> Result<()> {
         let Some(name) = wheel.file_name() else {
             return Ok(());
         };
@@ -159,7 +159,7 @@ impl CustomContext {
     }
 
     /// Gives every file the same times, so that only content tells builds apart.
-    pub fn pin_times(&self) -> Result<()> {
+    pub(super) fn pin_times(&self) -> Result<()> {
         fn walk(dir: &Path) -> std::io::Result<()> {
             for entry in std::fs::read_dir(dir)? {
                 let entry = entry?;

@@ -138,7 +138,7 @@ pub(crate) struct BuildLog {
 
 impl BuildLog {
     /// Records one line of engine output.
-    pub fn record(&mut self, line: &str) {
+    pub(super) fn record(&mut self, line: &str) {
         let line = strip_ansi(line);
         let line = line.trim_end();
         if step_header(line.trim()).is_some() {
@@ -167,12 +167,12 @@ impl BuildLog {
     }
 
     /// True when every step after FROM came from the engine's cache.
-    pub fn all_cached(&self) -> bool {
+    pub(super) fn all_cached(&self) -> bool {
         self.steps > 0 && self.cached + 1 >= self.steps
     }
 
     /// pip's `ERROR:` lines, else the last lines of output.
-    pub fn failure_text(&self) -> String {
+    pub(super) fn failure_text(&self) -> String {
         if self.errors.is_empty() {
             let n = self.tail.len();
             self.tail
@@ -187,12 +187,12 @@ impl BuildLog {
     }
 
     /// Whether pip said it could not reach the package index.
-    pub fn index_unreachable(&self) -> bool {
+    pub(super) fn index_unreachable(&self) -> bool {
         self.unreachable
     }
 
     /// Whether pip reported an error.
-    pub fn pip_failed(&self) -> bool {
+    pub(super) fn pip_failed(&self) -> bool {
         !self.errors.is_empty()
     }
 }
