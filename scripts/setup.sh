@@ -3,7 +3,8 @@
 #   Docker Engine (started if not answering), rootless Podman for the user `biocage`
 #   (subuids, runtime dir, runc, API socket), and the sandbox image in both engines.
 #   With `python` (and `all`): a virtual environment with the `biocage` Python package.
-# Fast when everything is already there. Usage: sudo scripts/setup.sh [docker|podman|python|all]
+#   With `mcp` (and `all`): a virtual environment with the MCP Python SDK, for the MCP tests.
+# Fast when everything is already there. Usage: sudo scripts/setup.sh [docker|podman|python|mcp|all]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 what=${1:-all}
@@ -152,12 +153,39 @@ setup_python() {
 }
 # --- end of the Python package --------------------------------------------------------
 
+# --- MCP server tests (biocage-mcp/) ---------------------------------------------------
+# A virtual environment of its own (BIOCAGE_MCP_VENV, default .venv-mcp at the repository
+# root) with the official MCP Python SDK, pytest and ruff: the client that
+# biocage-mcp/tests/test_mcp.py drives `biocage mcp` with. Reinstalled when
+# biocage-mcp/tests/requirements.txt changes.
+MCP_VENV=${BIOCAGE_MCP_VENV:-$root/.venv-mcp}
+setup_mcp() {
+  local py=/usr/bin/python3 reqs=$root/biocage-mcp/tests/requirements.txt want
+  [ -x "$py" ] || apt_install python3
+  "$py" -c 'import ensurepip, venv' >/dev/null 2>&1 || apt_install python3-venv
+  if [ ! -x "$MCP_VENV/bin/python" ]; then
+    log "creating the virtual environment $MCP_VENV"
+    "$py" -m venv "$MCP_VENV"
+  fi
+  want=$(sha256sum "$reqs" | cut -d' ' -f1)
+  if [ "$(cat "$MCP_VENV/.requirements.sha256" 2>/dev/null)" != "$want" ] \
+      || ! "$MCP_VENV/bin/python" -c 'import mcp, pytest' >/dev/null 2>&1; then
+    log "installing the MCP Python SDK, pytest and ruff into $MCP_VENV (log: $LOGDIR/mcp-venv.log)"
+    "$MCP_VENV/bin/pip" install -q -r "$reqs" >"$LOGDIR/mcp-venv.log" 2>&1 \
+      || { cat "$LOGDIR/mcp-venv.log" >&2; exit 1; }
+    echo "$want" >"$MCP_VENV/.requirements.sha256"
+  fi
+}
+# --- end of the MCP server tests --------------------------------------------------------
+
 case "$what" in
   docker) setup_docker ;;
   podman) setup_docker; setup_podman ;;
   python) setup_python ;;
-  all) setup_docker; setup_podman; setup_python ;;
-  *) log "unknown target '$what' (docker, podman, python or all)"; exit 2 ;;
+  mcp) setup_mcp ;;
+  all) setup_docker; setup_podman; setup_python; setup_mcp ;;
+  *) log "unknown target '$what' (docker, podman, python, mcp or all)"; exit 2 ;;
 esac
+if [ "$what" = mcp ]; then log "ready: the MCP test client in $MCP_VENV"; exit 0; fi
 if [ "$what" = python ]; then log "ready: the biocage Python package in $VENV"; exit 0; fi
 log "ready: docker $(docker version --format '{{.Server.Version}}'), image $IMAGE$( [ "$what" = docker ] || echo ", rootless podman socket unix://$(podman_env | cut -d= -f2)/podman/podman.sock")$( [ "$what" = all ] && echo ", Python package in $VENV")"

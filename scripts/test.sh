@@ -60,4 +60,27 @@ if ! { "$venv/bin/ruff" check -q --no-cache biocage-python && "$venv/bin/ruff" f
   status=1
 fi
 # --- end of the Python package --------------------------------------------------------
+# --- MCP server (biocage-mcp/): the official MCP Python SDK drives `biocage mcp` --------
+# over stdio and HTTP on the same engines (venv from `scripts/setup.sh mcp`); the test
+# files are linted with ruff first.
+echo "== MCP server (biocage mcp, official MCP Python SDK client)"
+mcplog=$(mktemp /tmp/biocage-mcp-log.XXXXXX)
+mcpvenv=${BIOCAGE_MCP_VENV:-$root/.venv-mcp}
+set +e
+bash scripts/setup.sh mcp \
+  && "$mcpvenv/bin/ruff" check --no-cache biocage-mcp/tests \
+  && "$mcpvenv/bin/ruff" format --no-cache --check biocage-mcp/tests \
+  && PYTHONDONTWRITEBYTECODE=1 BIOCAGE_BIN="$root/target/debug/biocage" \
+    "$mcpvenv/bin/python" -m pytest -v -rs -p no:cacheprovider biocage-mcp/tests 2>&1 | tee "$mcplog"
+mcpstatus=${PIPESTATUS[0]}
+set -e
+# One line per test in pytest -v: "biocage-mcp/tests/test_mcp.py::NAME[ENGINE-...] OUTCOME".
+mcpcount() { grep -cE "^biocage-mcp/.*::.*$1" "$mcplog" || true; }
+for engine in ${BIOCAGE_TEST_ENGINES//,/ }; do
+  echo "mcp-$engine: $(mcpcount "\[${engine}[]-].* PASSED") passed, $(mcpcount "\[${engine}[]-].* (FAILED|ERROR)") failed"
+done
+echo "mcp: $(mcpcount ' PASSED') passed, $(mcpcount ' (FAILED|ERROR)') failed, $(mcpcount ' SKIPPED') not run"
+rm -f "$mcplog"
+[ "$mcpstatus" -eq 0 ] || status=1
+# --- end of the MCP server -------------------------------------------------------------
 exit "$status"

@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// Run Python in hardened, stateful sandboxes on Docker or rootless Podman.
 #[derive(Debug, Parser)]
 #[command(name = "biocage", version, about)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Container engine: docker, podman, or auto (Docker, then Podman).
     #[arg(
         long,
@@ -33,7 +33,7 @@ pub struct Cli {
 
 /// Which engine to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum RuntimeChoice {
+pub(crate) enum RuntimeChoice {
     /// Docker Engine.
     Docker,
     /// Podman (rootless or not).
@@ -44,7 +44,7 @@ pub enum RuntimeChoice {
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run a Python file (or stdin, with - or nothing) once in a fresh sandbox.
     Run {
         /// File with Python code; - or nothing reads stdin.
@@ -86,11 +86,14 @@ pub enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Serve the Model Context Protocol: agents get a persistent, sandboxed Python as
+    /// tools, one sandbox per client (stdio; or streamable HTTP with --http and a token).
+    Mcp(crate::mcp::McpArgs),
 }
 
 /// Image subcommands.
 #[derive(Debug, Subcommand)]
-pub enum ImageCommand {
+pub(crate) enum ImageCommand {
     /// Build an image through the engine API: the default one from its recipe, or, with
     /// --requirements or --pyproject, a custom one that adds those packages to --base.
     Build(BuildArgs),
@@ -100,7 +103,7 @@ pub enum ImageCommand {
 
 /// `biocage image build` options.
 #[derive(Debug, Clone, Args)]
-pub struct BuildArgs {
+pub(crate) struct BuildArgs {
     /// A requirements.txt whose packages are added to --base (a custom image; needs --tag).
     #[arg(long, value_name = "FILE", conflicts_with = "pyproject")]
     pub requirements: Option<PathBuf>,
@@ -136,7 +139,7 @@ pub struct BuildArgs {
 
 /// Settings shared by run and repl.
 #[derive(Debug, Clone, Args)]
-pub struct SessionOpts {
+pub(crate) struct SessionOpts {
     /// Image with python3.
     #[arg(long, default_value = biocage_core::config::DEFAULT_IMAGE)]
     pub image: String,

@@ -26,7 +26,7 @@ fn split_pair<'a>(
 }
 
 /// The sandbox configuration the options ask for.
-pub fn build(opts: &SessionOpts) -> Result<SandboxConfig, CliError> {
+pub(crate) fn build(opts: &SessionOpts) -> Result<SandboxConfig, CliError> {
     let timeout = biocage_core::config::timeout_from_secs(opts.timeout)?;
     let mut b = SandboxConfig::builder()
         .image(&opts.image)

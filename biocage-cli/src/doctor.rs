@@ -9,7 +9,7 @@ use crate::engine;
 use crate::exit::{CliError, OK, UNAVAILABLE};
 
 /// Reports engine, image and limits; exit 69 with the fix when something is missing.
-pub async fn doctor(cli: &Cli, image: &str) -> Result<i32, CliError> {
+pub(crate) async fn doctor(cli: &Cli, image: &str) -> Result<i32, CliError> {
     let rt = match engine::connect(cli.runtime).await {
         Ok(rt) => rt,
         Err(e) => {

@@ -6,7 +6,7 @@ use crate::args::RuntimeChoice;
 use crate::exit::{CliError, UNAVAILABLE};
 
 /// Connects to the chosen engine; `auto` tries Docker, then Podman.
-pub async fn connect(choice: RuntimeChoice) -> Result<Box<dyn SandboxRuntime>, CliError> {
+pub(crate) async fn connect(choice: RuntimeChoice) -> Result<Box<dyn SandboxRuntime>, CliError> {
     match choice {
         RuntimeChoice::Docker => Ok(Box::new(biocage_docker::DockerRuntime::connect().await?)),
         RuntimeChoice::Podman => Ok(Box::new(biocage_podman::PodmanRuntime::connect().await?)),

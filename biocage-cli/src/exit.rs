@@ -3,17 +3,17 @@
 use biocage_core::Error;
 
 /// Success.
-pub const OK: i32 = 0;
+pub(crate) const OK: i32 = 0;
 /// The command's work failed (e.g. an image build: a package could not be installed).
-pub const FAILED: i32 = 1;
+pub(crate) const FAILED: i32 = 1;
 /// Usage error: bad arguments, unreadable input, bad configuration.
-pub const USAGE: i32 = 2;
+pub(crate) const USAGE: i32 = 2;
 /// The engine (or the image in it) is unavailable.
-pub const UNAVAILABLE: i32 = 69;
+pub(crate) const UNAVAILABLE: i32 = 69;
 
 /// A failure of the command itself (not of the user's code).
 #[derive(Debug)]
-pub struct CliError {
+pub(crate) struct CliError {
     /// Process exit code.
     pub code: i32,
     /// One sentence: what went wrong and what to do.
@@ -22,7 +22,7 @@ pub struct CliError {
 
 impl CliError {
     /// A usage error.
-    pub fn usage(message: impl Into<String>) -> Self {
+    pub(crate) fn usage(message: impl Into<String>) -> Self {
         CliError {
             code: USAGE,
             message: message.into(),

@@ -14,7 +14,7 @@ use crate::inert::Stream;
 use crate::{engine, progress};
 
 /// Runs an image subcommand.
-pub async fn image(cli: &Cli, command: &ImageCommand) -> Result<i32, CliError> {
+pub(crate) async fn image(cli: &Cli, command: &ImageCommand) -> Result<i32, CliError> {
     match command {
         ImageCommand::Build(args) => build(cli, args).await,
         ImageCommand::Ls => ls(cli).await,
@@ -22,7 +22,7 @@ pub async fn image(cli: &Cli, command: &ImageCommand) -> Result<i32, CliError> {
 }
 
 /// "476 MB", as engines print sizes.
-pub fn human_size(bytes: u64) -> String {
+pub(crate) fn human_size(bytes: u64) -> String {
     let units = ["B", "kB", "MB", "GB", "TB"];
     let mut value = bytes;
     let mut tenths = 0;
@@ -56,7 +56,7 @@ fn package_list(packages: &std::collections::BTreeMap<String, String>) -> String
 
 /// Builds an image: the recipe (through the engine API, or offline with the recipe's
 /// build.sh), or a custom image with the packages asked for.
-pub async fn build(cli: &Cli, args: &BuildArgs) -> Result<i32, CliError> {
+pub(crate) async fn build(cli: &Cli, args: &BuildArgs) -> Result<i32, CliError> {
     let custom = args.requirements.is_some() || args.pyproject.is_some();
     let tag = match (&args.tag, custom) {
         (Some(t), _) => t.clone(),
@@ -297,7 +297,7 @@ fn listing(d: &ImageDetails) -> serde_json::Value {
 }
 
 /// Lists the BioCage images with their Python, packages and recipe.
-pub async fn ls(cli: &Cli) -> Result<i32, CliError> {
+pub(crate) async fn ls(cli: &Cli) -> Result<i32, CliError> {
     let rt = engine::connect(cli.runtime).await?;
     // Untagged ones are leftovers of earlier builds under the same name.
     let mut images: Vec<ImageDetails> = rt

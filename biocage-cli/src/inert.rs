@@ -16,7 +16,7 @@ use std::io::{IsTerminal, Write};
 
 /// One of the CLI's output streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stream {
+pub(crate) enum Stream {
     /// Standard output.
     Stdout,
     /// Standard error.
@@ -25,7 +25,7 @@ pub enum Stream {
 
 impl Stream {
     /// True when this stream is a terminal, so sandbox text on it must be shown inertly.
-    pub fn is_terminal(self) -> bool {
+    pub(crate) fn is_terminal(self) -> bool {
         match self {
             Stream::Stdout => std::io::stdout().is_terminal(),
             Stream::Stderr => std::io::stderr().is_terminal(),
@@ -34,13 +34,13 @@ impl Stream {
 
     /// `text` as it may be written to this stream: [`escape`]d on a terminal, unchanged
     /// otherwise.
-    pub fn show(self, text: &str) -> Cow<'_, str> {
+    pub(crate) fn show(self, text: &str) -> Cow<'_, str> {
         show(text, self.is_terminal())
     }
 }
 
 /// `text` [`escape`]d when `terminal`, unchanged otherwise.
-pub fn show(text: &str, terminal: bool) -> Cow<'_, str> {
+pub(crate) fn show(text: &str, terminal: bool) -> Cow<'_, str> {
     if terminal {
         escape(text)
     } else {
@@ -52,7 +52,7 @@ pub fn show(text: &str, terminal: bool) -> Cow<'_, str> {
 /// (U+0000-U+001F) except tab and newline, DEL (U+007F), the C1 controls
 /// (U+0080-U+009F), and the bidi embeddings, overrides and isolates (U+202A-U+202E,
 /// U+2066-U+2069).
-pub fn is_active(c: char) -> bool {
+pub(crate) fn is_active(c: char) -> bool {
     matches!(c,
         '\u{0}'..='\u{8}' | '\u{b}'..='\u{1f}' | '\u{7f}'..='\u{9f}'
         | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
@@ -65,7 +65,7 @@ pub fn is_active(c: char) -> bool {
 /// included, are kept as they are (so a literal `\x1b` typed by the code looks the same
 /// as an escaped ESC: visible either way, never interpreted). Borrows when there is
 /// nothing to replace.
-pub fn escape(text: &str) -> Cow<'_, str> {
+pub(crate) fn escape(text: &str) -> Cow<'_, str> {
     if !text.chars().any(is_active) {
         return Cow::Borrowed(text);
     }
@@ -86,7 +86,7 @@ pub fn escape(text: &str) -> Cow<'_, str> {
 /// whole lines, as the log formatter writes them; bytes that are not UTF-8 are shown as
 /// U+FFFD.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Inert<W>(pub W);
+pub(crate) struct Inert<W>(pub W);
 
 impl<W: Write> Write for Inert<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -102,7 +102,7 @@ impl<W: Write> Write for Inert<W> {
 
 /// Standard error, [`Inert`]: the log writer when stderr is a terminal, since log lines
 /// can quote sandbox text (file names, agent messages).
-pub fn inert_stderr() -> Inert<std::io::Stderr> {
+pub(crate) fn inert_stderr() -> Inert<std::io::Stderr> {
     Inert(std::io::stderr())
 }
 

@@ -7,6 +7,7 @@ mod engine;
 mod exit;
 mod image;
 mod inert;
+mod mcp;
 mod progress;
 mod ps;
 mod repl;
@@ -53,6 +54,7 @@ async fn dispatch(cli: &Cli) -> Result<i32, exit::CliError> {
         Command::Doctor { image } => doctor::doctor(cli, image).await,
         Command::Ps => ps::ps(cli).await,
         Command::Gc { all } => ps::gc(cli, *all).await,
+        Command::Mcp(args) => mcp::mcp(cli, args).await,
     }
 }
 

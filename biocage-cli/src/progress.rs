@@ -7,7 +7,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::args::Cli;
 
 /// A spinner with `message`; hidden when stderr is not a terminal, or with -q / --json.
-pub fn spinner(cli: &Cli, message: &str) -> ProgressBar {
+pub(crate) fn spinner(cli: &Cli, message: &str) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
     if cli.quiet || cli.json {
         bar.set_draw_target(ProgressDrawTarget::hidden());

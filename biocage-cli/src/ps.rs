@@ -31,14 +31,14 @@ fn print(cli: &Cli, list: &[SandboxSummary]) {
 }
 
 /// Lists the managed sandboxes.
-pub async fn ps(cli: &Cli) -> Result<i32, CliError> {
+pub(crate) async fn ps(cli: &Cli) -> Result<i32, CliError> {
     let rt = engine::connect(cli.runtime).await?;
     print(cli, &rt.list_sandboxes().await?);
     Ok(OK)
 }
 
 /// Removes leftover sandboxes (all with `all`) and lists what was removed.
-pub async fn gc(cli: &Cli, all: bool) -> Result<i32, CliError> {
+pub(crate) async fn gc(cli: &Cli, all: bool) -> Result<i32, CliError> {
     let rt = engine::connect(cli.runtime).await?;
     let removed = if all {
         let list = rt.list_sandboxes().await?;

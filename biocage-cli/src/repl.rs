@@ -29,7 +29,11 @@ struct Request {
 }
 
 /// Runs the session until end of input; closes it (removing the container) then.
-pub async fn repl(cli: &Cli, pool: Option<usize>, opts: &SessionOpts) -> Result<i32, CliError> {
+pub(crate) async fn repl(
+    cli: &Cli,
+    pool: Option<usize>,
+    opts: &SessionOpts,
+) -> Result<i32, CliError> {
     let config = config::build(opts)?;
     let rt: std::sync::Arc<dyn biocage_core::SandboxRuntime> =
         std::sync::Arc::from(engine::connect(cli.runtime).await?);
@@ -114,10 +118,13 @@ async fn json_loop(
                 },
                 None => session.restart().await,
             };
-            emit(&match outcome {
-                Ok(()) => serde_json::json!({"reset": true, "session_id": session.id()}),
-                Err(e) => serde_json::json!({"error": e.to_string()}),
-            }.to_string());
+            emit(
+                &match outcome {
+                    Ok(()) => serde_json::json!({"reset": true, "session_id": session.id()}),
+                    Err(e) => serde_json::json!({"error": e.to_string()}),
+                }
+                .to_string(),
+            );
             continue;
         }
         let code = req.code.unwrap_or_default();
@@ -151,7 +158,7 @@ async fn json_loop(
 }
 
 /// One streamed event as a JSON line of `repl --json`.
-pub fn event_json(event: &RunEvent) -> serde_json::Value {
+pub(crate) fn event_json(event: &RunEvent) -> serde_json::Value {
     match event {
         RunEvent::Stdout(text) => serde_json::json!({"event": "stdout", "data": text}),
         RunEvent::Stderr(text) => serde_json::json!({"event": "stderr", "data": text}),
@@ -165,7 +172,9 @@ pub fn event_json(event: &RunEvent) -> serde_json::Value {
 fn history_path() -> Option<std::path::PathBuf> {
     let base = std::env::var_os("XDG_DATA_HOME")
         .map(std::path::PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".local/share")))?;
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".local/share"))
+        })?;
     Some(base.join("biocage").join("history"))
 }
 
@@ -297,7 +306,9 @@ impl Input {
 
     fn add_history(&mut self, code: &str) {
         if let Input::Editor(editor) = self {
-            let _ = editor.commands.send(EditorCommand::History(code.to_string()));
+            let _ = editor
+                .commands
+                .send(EditorCommand::History(code.to_string()));
         }
     }
 }
@@ -324,7 +335,9 @@ impl LineEditor {
         let (line_tx, lines) = tokio::sync::mpsc::unbounded_channel();
         let (completion_tx, completions) = tokio::sync::mpsc::unbounded_channel();
         std::thread::spawn(move || {
-            let Ok(mut editor) = rustyline::Editor::<SandboxNames, rustyline::history::FileHistory>::new() else {
+            let Ok(mut editor) =
+                rustyline::Editor::<SandboxNames, rustyline::history::FileHistory>::new()
+            else {
                 let _ = line_tx.send(Line::End);
                 return;
             };
@@ -364,7 +377,11 @@ impl LineEditor {
     }
 
     async fn read(&mut self, prompt: &str, session: &dyn Session) -> Result<Line, CliError> {
-        if self.commands.send(EditorCommand::Read(prompt.to_string())).is_err() {
+        if self
+            .commands
+            .send(EditorCommand::Read(prompt.to_string()))
+            .is_err()
+        {
             return Ok(Line::End);
         }
         loop {

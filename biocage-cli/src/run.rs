@@ -39,7 +39,7 @@ fn read_code(file: Option<&PathBuf>) -> Result<String, CliError> {
 
 /// Prints a result as the user asked: JSON, or stdout/stderr as they are (shown inertly
 /// on a terminal, see [`inert`]).
-pub fn print_result(r: &ExecutionResult, json: bool) {
+pub(crate) fn print_result(r: &ExecutionResult, json: bool) {
     if json {
         let _ = writeln!(std::io::stdout().lock(), "{}", r.to_json());
         return;
@@ -57,7 +57,7 @@ pub fn print_result(r: &ExecutionResult, json: bool) {
 
 /// What a [`Live`] printer showed while the run went on.
 #[derive(Debug, Default)]
-pub struct Shown {
+pub(crate) struct Shown {
     /// stdout shown so far.
     pub stdout: String,
     /// stderr shown so far.
@@ -65,7 +65,7 @@ pub struct Shown {
 }
 
 /// Prints a run's output on the terminal as it comes (see `Session::run_streaming`).
-pub struct Live {
+pub(crate) struct Live {
     tx: tokio::sync::mpsc::Sender<RunEvent>,
     printer: tokio::task::JoinHandle<Shown>,
 }
@@ -73,7 +73,7 @@ pub struct Live {
 impl Live {
     /// A printer writing stdout and stderr events to the CLI's own streams, inertly on
     /// a terminal.
-    pub fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<RunEvent>(1024);
         let printer = tokio::spawn(async move {
             let mut shown = Shown::default();
@@ -100,12 +100,12 @@ impl Live {
     }
 
     /// Where the run sends its events.
-    pub fn sender(&self) -> tokio::sync::mpsc::Sender<RunEvent> {
+    pub(crate) fn sender(&self) -> tokio::sync::mpsc::Sender<RunEvent> {
         self.tx.clone()
     }
 
     /// Waits for the events still queued; returns what was shown.
-    pub async fn finish(self) -> Shown {
+    pub(crate) async fn finish(self) -> Shown {
         drop(self.tx);
         self.printer.await.unwrap_or_default()
     }
@@ -113,7 +113,7 @@ impl Live {
 
 /// Prints what a live-printed run has left to say: output not yet shown (events that
 /// were dropped, or held back at a split character) and what went wrong.
-pub fn print_after_live(r: &ExecutionResult, shown: &Shown) {
+pub(crate) fn print_after_live(r: &ExecutionResult, shown: &Shown) {
     let rest = |all: &str, seen: &str| -> String {
         all.strip_prefix(seen).unwrap_or_default().to_string()
     };
@@ -160,7 +160,7 @@ fn write_human(
 /// Runs the code once; the exit code is the result's (a script's own `sys.exit` status
 /// too). A file runs as `python FILE ARGS...` would: it is copied into the workspace and
 /// run there with `sys.argv`, `__file__` and `sys.path[0]` set.
-pub async fn run(
+pub(crate) async fn run(
     cli: &Cli,
     file: Option<&PathBuf>,
     args: &[String],

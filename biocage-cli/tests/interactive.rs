@@ -125,12 +125,16 @@ fn human_repl_edits_completes_and_remembers(#[case] engine: &str) {
     t.keys(&["for i in range(2):", "Enter"]);
     t.wait("a continuation prompt", |s| s.contains("... "));
     t.keys(&["    print('got', i + my_value)", "Enter"]);
-    t.wait("a second continuation prompt", |s| s.matches("... ").count() >= 2);
+    t.wait("a second continuation prompt", |s| {
+        s.matches("... ").count() >= 2
+    });
     t.keys(&["Enter"]);
     let screen = t.wait("the loop's output", |s| s.contains("got 42"));
     assert!(screen.contains("got 41"), "{screen}");
     t.keys(&["my_v", "Tab"]);
-    t.wait("the completed name", |s| s.lines().any(|l| l.starts_with(">>> my_value")));
+    t.wait("the completed name", |s| {
+        s.lines().any(|l| l.starts_with(">>> my_value"))
+    });
     t.keys(&[" + 1", "Enter"]);
     t.wait("the value", |s| s.lines().any(|l| l.trim() == "42"));
     t.keys(&["C-d"]);
@@ -148,7 +152,9 @@ fn human_repl_edits_completes_and_remembers(#[case] engine: &str) {
     let t = Tmux::start(&name, &command, &env);
     t.wait("the first prompt", |s| s.contains(">>> "));
     t.keys(&["Up"]);
-    t.wait("the last input from history", |s| s.contains(">>> my_value + 1"));
+    t.wait("the last input from history", |s| {
+        s.contains(">>> my_value + 1")
+    });
 }
 
 /// `biocage run job.py -- ARGS`: sys.argv, __file__, argparse, and the script's own
@@ -199,7 +205,15 @@ fn json_repl_streams_and_resets_from_a_pool(#[case] engine: &str) {
     .join("\n");
     let out = assert_cmd::Command::cargo_bin("biocage")
         .unwrap()
-        .args(["--runtime", engine, "--json", "repl", "--pool", "2", "--allow-unenforced"])
+        .args([
+            "--runtime",
+            engine,
+            "--json",
+            "repl",
+            "--pool",
+            "2",
+            "--allow-unenforced",
+        ])
         .write_stdin(input)
         .output()
         .unwrap();
@@ -216,5 +230,8 @@ fn json_repl_streams_and_resets_from_a_pool(#[case] engine: &str) {
     assert_eq!(events, ["stdout", "display", "stdout"], "{lines:?}");
     assert_eq!(lines[3]["stdout"], "a\nb\n", "then the whole result");
     assert_eq!(lines[4]["reset"], true);
-    assert_eq!(lines[5]["value"], "False", "a fresh sandbox after the reset");
+    assert_eq!(
+        lines[5]["value"], "False",
+        "a fresh sandbox after the reset"
+    );
 }

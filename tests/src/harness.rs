@@ -56,10 +56,11 @@ static SKIPS: std::sync::Mutex<Vec<(String, String, String)>> = std::sync::Mutex
 /// reports the case as ignored with `reason`, never as passed. The case returns then.
 pub fn skip(engine: &str, case: &str, reason: &str) {
     note_capability(engine, case, reason);
-    SKIPS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push((engine.to_string(), case.to_string(), reason.to_string()));
+    SKIPS.lock().unwrap_or_else(|e| e.into_inner()).push((
+        engine.to_string(),
+        case.to_string(),
+        reason.to_string(),
+    ));
 }
 
 /// The reason `case` was skipped on `engine`, if it was.
