@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 rustlog=$(mktemp /tmp/biocage-bench.XXXXXX)
 trap 'rm -f "$rustlog"' EXIT
 cargo bench -p biocage-conformance --bench latency -- ${BIOCAGE_TEST_ENGINES//,/ } "$@" | tee "$rustlog"
+# Pool, streaming, throughput, crash replacement, 100 and 200 live sessions.
+cargo bench -p biocage-conformance --bench scale -- ${BIOCAGE_TEST_ENGINES//,/ }
 # --- Python package (biocage-python/): per-run overhead of Sandbox.run from Python ------
 # Against the warm p50 just measured, and against Rust-only runs on the same session
 # (biocage-python/bench/run_latency.py). Builds the package into the venv first.
