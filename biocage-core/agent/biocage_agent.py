@@ -1142,15 +1142,22 @@ class Supervisor:
                            "stream": "stdout" if key == "out" else "stderr", "data": text})
 
     def on_result(self):
-        try:
-            chunk = os.read(self.worker["res"], READ_CHUNK)
-        except BlockingIOError:
-            return
-        except OSError:
-            chunk = b""
-        if not chunk:
-            self.on_worker_death()
-            return
+        """Reads everything the result pipe holds now. Returns False when the worker died
+        (its death is then handled)."""
+        while self.worker is not None:
+            try:
+                chunk = os.read(self.worker["res"], READ_CHUNK)
+            except BlockingIOError:
+                return True
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self.on_worker_death()
+                return False
+            self.take_replies(chunk)
+        return True
+
+    def take_replies(self, chunk):
         for line in self.worker["replies"].feed(chunk):
             if line is None or self.run is None:
                 continue  # oversize (forged) or between runs: never a result
@@ -1187,6 +1194,10 @@ class Supervisor:
             return
         idle = _blocked_reading(self.worker["pid"])
         if idle is False:
+            return
+        # Back in its loop: whatever the worker wrote before is in the pipe now. The
+        # last reply read wins (the real one comes after any forged one).
+        if not self.on_result() or self.run is None or self.run["reply"] is None:
             return
         reply = self.run["reply"]
         if self.run.get("complete"):
