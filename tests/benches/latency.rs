@@ -8,42 +8,19 @@
 //! Engines default to BIOCAGE_TEST_ENGINES (else docker). For Podman the CLI baseline
 //! talks to the same API socket (`podman --remote --url ...`).
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use biocage_conformance::bench::{self, ms, percentile};
 use biocage_conformance::harness;
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    // p is within 0..=1, so the index is within the slice.
-    #[allow(clippy::cast_possible_truncation)]
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn cli(engine: &str) -> Command {
-    match engine {
-        "podman" => {
-            let sock = biocage_podman::discover_socket()
-                .into_iter()
-                .find(|p| p.exists())
-                .expect("a podman socket");
-            let mut c = Command::new("podman");
-            c.args(["--remote", "--url", &format!("unix://{}", sock.display())]);
-            c
-        }
-        _ => Command::new("docker"),
-    }
-}
 
 fn time_cli(engine: &str, args: &[&str], n: usize) -> Vec<Duration> {
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
-        let status = cli(engine).args(args).status().expect("engine CLI runs");
+        let status = bench::engine_cli(engine)
+            .args(args)
+            .status()
+            .expect("engine CLI runs");
         assert!(status.success(), "{engine} {args:?} failed");
         out.push(t.elapsed());
     }
@@ -124,32 +101,11 @@ async fn bench(engine: &str, runs: usize, cold_n: usize) {
 }
 
 fn main() {
-    let mut engines = Vec::new();
-    let mut runs = 2000;
-    let mut cold_n = 10;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--runs" => runs = args.next().and_then(|v| v.parse().ok()).unwrap_or(runs),
-            "--cold" => cold_n = args.next().and_then(|v| v.parse().ok()).unwrap_or(cold_n),
-            "docker" | "podman" => engines.push(a),
-            _ => {} // cargo bench passes --bench
-        }
-    }
-    if engines.is_empty() {
-        engines = std::env::var(harness::ENGINES_VAR)
-            .unwrap_or_else(|_| "docker".into())
-            .split(',')
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect();
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    for e in engines {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let runs = bench::option(&args, "--runs").unwrap_or(2000);
+    let cold_n = bench::option(&args, "--cold").unwrap_or(10);
+    let rt = bench::runtime();
+    for e in bench::engines(&args) {
         rt.block_on(bench(&e, runs, cold_n));
     }
 }

@@ -13,19 +13,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use biocage_conformance::bench::{self, ms, percentile};
 use biocage_conformance::harness;
 use biocage_core::{PoolOptions, RunEvent, RunOptions, SandboxRuntime, Session, SessionPool};
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    // p is within 0..=1, so the index is within the slice.
-    #[allow(clippy::cast_possible_truncation)]
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
 
 fn mib(bytes: f64) -> f64 {
     bytes / f64::from(1u32 << 20)
@@ -69,7 +59,7 @@ fn agent_pss() -> [f64; 2] {
 fn bare_containers(engine: &str, image: &str, n: usize) -> Vec<String> {
     (0..n)
         .filter_map(|_| {
-            let out = engine_cli(engine)
+            let out = bench::engine_cli(engine)
                 .args([
                     "run",
                     "-d",
@@ -86,21 +76,6 @@ fn bare_containers(engine: &str, image: &str, n: usize) -> Vec<String> {
             Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
         })
         .collect()
-}
-
-fn engine_cli(engine: &str) -> std::process::Command {
-    match engine {
-        "podman" => {
-            let sock = biocage_podman::discover_socket()
-                .into_iter()
-                .find(|p| p.exists())
-                .unwrap_or_default();
-            let mut c = std::process::Command::new("podman");
-            c.args(["--remote", "--url", &format!("unix://{}", sock.display())]);
-            c
-        }
-        _ => std::process::Command::new("docker"),
-    }
 }
 
 async fn open_many(
@@ -255,7 +230,7 @@ async fn bench(engine: &str, sizes: &[usize]) {
     let bare = bare_containers(engine, &config.image, 20);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let bare_cost = mib((before - kb_field("/proc/meminfo", "MemAvailable:")) / 20.0);
-    let mut rm = engine_cli(engine);
+    let mut rm = bench::engine_cli(engine);
     rm.args(["rm", "-f"]).args(&bare);
     let _ = rm.output();
     println!("baseline: a bare container running `sleep` costs {bare_cost:.1} MiB (host MemAvailable, mean of 20)");
@@ -297,35 +272,12 @@ async fn bench(engine: &str, sizes: &[usize]) {
 }
 
 fn main() {
-    let mut engines = Vec::new();
-    let mut sizes = vec![100, 200];
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--sessions" => {
-                sizes = args
-                    .next()
-                    .map(|v| v.split(',').filter_map(|n| n.parse().ok()).collect())
-                    .unwrap_or(sizes);
-            }
-            "docker" | "podman" => engines.push(a),
-            _ => {} // cargo bench passes --bench
-        }
-    }
-    if engines.is_empty() {
-        engines = std::env::var(harness::ENGINES_VAR)
-            .unwrap_or_else(|_| "docker".into())
-            .split(',')
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect();
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    for e in engines {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let sizes: Vec<usize> = bench::option::<String>(&args, "--sessions")
+        .map(|v| v.split(',').filter_map(|n| n.parse().ok()).collect())
+        .unwrap_or_else(|| vec![100, 200]);
+    let rt = bench::runtime();
+    for e in bench::engines(&args) {
         rt.block_on(bench(&e, &sizes));
     }
 }

@@ -7,5 +7,6 @@
 
 #![deny(missing_docs)]
 
+pub mod bench;
 pub mod cases;
 pub mod harness;
