@@ -5,8 +5,15 @@ use biocage_core::SandboxRuntime;
 use crate::args::RuntimeChoice;
 use crate::exit::{CliError, UNAVAILABLE};
 
-/// Connects to the chosen engine; `auto` tries Docker, then Podman.
+/// Connects to the chosen engine (`auto` tries Docker, then Podman) and removes the
+/// sandboxes that processes now gone left behind.
 pub(crate) async fn connect(choice: RuntimeChoice) -> Result<Box<dyn SandboxRuntime>, CliError> {
+    let rt = pick(choice).await?;
+    biocage_core::reap_orphans(rt.as_ref()).await;
+    Ok(rt)
+}
+
+async fn pick(choice: RuntimeChoice) -> Result<Box<dyn SandboxRuntime>, CliError> {
     match choice {
         RuntimeChoice::Docker => Ok(Box::new(biocage_docker::DockerRuntime::connect().await?)),
         RuntimeChoice::Podman => Ok(Box::new(biocage_podman::PodmanRuntime::connect().await?)),
@@ -22,7 +29,7 @@ pub(crate) async fn connect(choice: RuntimeChoice) -> Result<Box<dyn SandboxRunt
                 Ok(rt) => {
                     tracing::info!(
                         "runtime auto: docker unavailable, picked podman at {}",
-                        rt.socket().display()
+                        rt.endpoint()
                     );
                     Ok(Box::new(rt))
                 }

@@ -1,4 +1,4 @@
-//! What a backend provides for one container: attached processes and removal.
+//! One sandbox container as a session drives it: attached processes, state, removal.
 
 use std::io;
 use std::pin::Pin;
@@ -48,8 +48,8 @@ impl ContainerIdentity {
     }
 }
 
-/// One running sandbox container, as a backend manages it. [`crate::AgentSession`]
-/// drives the agent through this; nothing here is engine-specific in its meaning.
+/// One running sandbox container. [`crate::AgentSession`] drives the agent through
+/// this; [`crate::EngineRuntime`] implements it on any [`crate::Engine`].
 #[async_trait]
 pub trait ContainerOps: Send + Sync + 'static {
     /// The container this acts on.
@@ -72,18 +72,6 @@ pub trait ContainerOps: Send + Sync + 'static {
     async fn is_running(&self) -> Result<bool>;
     /// Removes the container and everything in it.
     async fn remove(&self) -> Result<()>;
-}
-
-/// What a backend does to make a sandbox container from a spec: create it, start it,
-/// and hand back its [`ContainerOps`]. [`crate::launch_session`] does the rest.
-#[async_trait]
-pub trait ContainerLauncher: Send + Sync {
-    /// Creates and starts the container; on failure nothing is left behind.
-    async fn launch(
-        &self,
-        spec: &crate::ContainerSpec,
-        cgroup_limits: bool,
-    ) -> Result<std::sync::Arc<dyn ContainerOps>>;
 }
 
 impl std::fmt::Debug for AgentStreams {

@@ -46,8 +46,8 @@ pub enum Error {
     /// A limit was asked for that this backend cannot enforce by any mechanism.
     #[error("the {limit} limit cannot be enforced on {engine}: {reason}; allow it explicitly with allow_unenforced_limits (CLI: --allow-unenforced) to start anyway")]
     UnenforceableLimit {
-        /// The limit ("cpu", ...).
-        limit: &'static str,
+        /// The limit.
+        limit: crate::limits::LimitName,
         /// Engine name.
         engine: String,
         /// Why not.

@@ -1,7 +1,8 @@
 //! Making a session, the same way on every engine.
 
 use crate::config::{SandboxConfig, DEFAULT_USER};
-use crate::container::ContainerLauncher;
+use crate::engine::Engine;
+use crate::engine_runtime::EngineRuntime;
 use crate::error::{Error, Result};
 use crate::limits::{map_id, LimitPlan};
 use crate::runtime::{SandboxRuntime, Session};
@@ -11,11 +12,10 @@ use crate::staging::{HostOwner, Staging};
 use crate::uids::{UidLease, ROOTFUL_UIDS, ROOTLESS_UIDS};
 
 /// Checks the config, plans the limits (refusing what cannot be held), checks the image,
-/// stages exposures, has `launcher` start the container and connects the agent.
+/// stages exposures, has the engine start the container and connects the agent.
 /// `build_command` is what the image-missing error tells the user to run.
-pub async fn launch_session(
-    rt: &dyn SandboxRuntime,
-    launcher: &dyn ContainerLauncher,
+pub(crate) async fn launch_session<E: Engine>(
+    rt: &EngineRuntime<E>,
     config: &SandboxConfig,
     build_command: &str,
 ) -> Result<Box<dyn Session>> {
@@ -61,7 +61,7 @@ pub async fn launch_session(
     .map_err(|e| Error::Agent(format!("staging exposures: {e}")))??;
     let session_id = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
     let spec = ContainerSpec::new(&session_id, &config, &plan, Some(&staging))?;
-    let ops = launcher.launch(&spec, caps.cgroup_limits).await?;
+    let ops = rt.launch(&spec, caps.cgroup_limits).await?;
     let mut session = AgentSession::start(
         session_id,
         ops,

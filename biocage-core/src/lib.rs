@@ -3,9 +3,9 @@
 //! This crate holds what every container engine shares: the [`SandboxRuntime`] and
 //! [`Session`] traits that callers use as trait objects, the [`SandboxConfig`], the
 //! [`ExecutionResult`] contract, typed [`Error`]s, and the in-container agent together
-//! with the host side of its protocol ([`AgentSession`]). Engine backends (Docker,
-//! Podman) only create containers and attach to processes in them, through
-//! [`ContainerOps`].
+//! with the host side of its protocol ([`AgentSession`]), and [`EngineRuntime`], the one
+//! runtime built on any [`Engine`]. Engine backends (Docker, Podman) implement only
+//! [`Engine`]: a few engine calls, and the mapping of the container spec to their API.
 
 #![deny(missing_docs)]
 
@@ -15,9 +15,11 @@ pub mod agent;
 pub mod channel;
 pub mod config;
 pub mod container;
+pub mod engine;
+mod engine_runtime;
 pub mod error;
 pub mod image;
-pub mod launch;
+mod launch;
 pub mod limits;
 mod mirror;
 pub mod pool;
@@ -32,11 +34,12 @@ pub mod staging;
 pub mod uids;
 
 pub use config::{Exposure, ExposureMode, SandboxConfig, SandboxConfigBuilder};
-pub use container::{AgentStreams, ContainerIdentity, ContainerLauncher, ContainerOps};
+pub use container::{AgentStreams, ContainerIdentity, ContainerOps};
+pub use engine::{BuildChunk, Connect, ContainerEntry, ContainerState, Engine};
+pub use engine_runtime::EngineRuntime;
 pub use error::{Error, Result};
 pub use image::{BuildEvent, BuildOptions, BuiltImage, ImageDetails, Progress};
-pub use launch::launch_session;
-pub use limits::{Capabilities, Enforcement, IdMap, LimitPlan, LimitStatus};
+pub use limits::{Capabilities, Enforcement, IdMap, LimitName, LimitPlan, LimitStatus};
 pub use pool::{PoolOptions, PoolStats, SessionPool};
 pub use result::{ErrorKind, ExecutionError, ExecutionResult, Image};
 pub use runtime::{

@@ -24,11 +24,88 @@ pub enum Enforcement {
     Unenforced,
 }
 
+/// Which limit a [`LimitStatus`] describes; shown and serialized as its name
+/// ("memory", "exposure size", ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum LimitName {
+    /// Memory of the whole sandbox.
+    #[serde(rename = "memory")]
+    Memory,
+    /// Swap on top of memory.
+    #[serde(rename = "swap")]
+    Swap,
+    /// Processes and threads.
+    #[serde(rename = "pids")]
+    Pids,
+    /// CPU time share.
+    #[serde(rename = "cpu")]
+    Cpu,
+    /// Files in each tmpfs.
+    #[serde(rename = "files")]
+    Files,
+    /// Time per run.
+    #[serde(rename = "timeout")]
+    Timeout,
+    /// Network access.
+    #[serde(rename = "network")]
+    Network,
+    /// inotify watches and instances.
+    #[serde(rename = "inotify")]
+    Inotify,
+    /// Bytes in each read-write exposure.
+    #[serde(rename = "exposure size")]
+    ExposureSize,
+    /// Files in each read-write exposure.
+    #[serde(rename = "exposure files")]
+    ExposureFiles,
+    /// The supervisor's system-call filter.
+    #[serde(rename = "seccomp")]
+    Seccomp,
+}
+
+impl LimitName {
+    /// The limit's name as people read it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitName::Memory => "memory",
+            LimitName::Swap => "swap",
+            LimitName::Pids => "pids",
+            LimitName::Cpu => "cpu",
+            LimitName::Files => "files",
+            LimitName::Timeout => "timeout",
+            LimitName::Network => "network",
+            LimitName::Inotify => "inotify",
+            LimitName::ExposureSize => "exposure size",
+            LimitName::ExposureFiles => "exposure files",
+            LimitName::Seccomp => "seccomp",
+        }
+    }
+}
+
+impl std::fmt::Display for LimitName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<str> for LimitName {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for LimitName {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// One limit, its value and how it is held.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LimitStatus {
-    /// "memory", "pids", "cpu", "timeout", "network", "swap".
-    pub name: String,
+    /// Which limit.
+    pub name: LimitName,
     /// The configured value, readable ("512m", "1", "off").
     pub value: String,
     /// Who enforces it.
@@ -114,8 +191,8 @@ impl LimitPlan {
     pub fn new(caps: &Capabilities, config: &SandboxConfig) -> Result<Self> {
         let mut limits = Vec::new();
         let mut rlimits = BTreeMap::new();
-        let status = |name: &str, value: String, enforcement, mechanism: &str| LimitStatus {
-            name: name.to_string(),
+        let status = |name: LimitName, value: String, enforcement, mechanism: &str| LimitStatus {
+            name,
             value,
             enforcement,
             mechanism: mechanism.to_string(),
@@ -126,25 +203,25 @@ impl LimitPlan {
         if caps.cgroup_limits {
             let v = if caps.cgroup_version == 2 { "v2" } else { "v1" };
             limits.push(status(
-                "memory",
+                LimitName::Memory,
                 memory.clone(),
                 Enforcement::Engine,
                 &format!("cgroup {v} memory limit (out-of-memory kill)"),
             ));
             limits.push(status(
-                "swap",
+                LimitName::Swap,
                 "none".into(),
                 Enforcement::Engine,
                 "cgroup memory+swap limit equal to the memory limit",
             ));
             limits.push(status(
-                "pids",
+                LimitName::Pids,
                 pids,
                 Enforcement::Engine,
                 &format!("cgroup {v} pids limit"),
             ));
             limits.push(status(
-                "cpu",
+                LimitName::Cpu,
                 cpus,
                 Enforcement::Engine,
                 &format!("cgroup {v} cpu quota"),
@@ -155,7 +232,7 @@ impl LimitPlan {
             rlimits.insert("nproc".into(), u64::from(config.pids_limit));
             if !config.allow_unenforced_limits {
                 return Err(Error::UnenforceableLimit {
-                    limit: "memory",
+                    limit: LimitName::Memory,
                     engine: caps.engine.clone(),
                     reason: format!(
                         "the engine cannot apply cgroup limits here (rootless: {}, cgroup v{}); rlimits bound each process, not the sandbox's sum, nor kernel memory such as socket buffers",
@@ -164,26 +241,26 @@ impl LimitPlan {
                 });
             }
             limits.push(status(
-                "memory",
+                LimitName::Memory,
                 memory,
                 Enforcement::Unenforced,
                 "not enforced for the sandbox as a whole: each process is bounded (RLIMIT_DATA, RLIMIT_AS with 512m headroom: MemoryError), memfd is refused, SysV shared memory and tmpfs are capped; the sum over processes and kernel buffers are not",
             ));
             limits.push(status(
-                "swap",
+                LimitName::Swap,
                 "not counted".into(),
                 Enforcement::Rlimit,
                 "RLIMIT_DATA bounds allocations whether or not they are swapped",
             ));
             limits.push(status(
-                "pids",
+                LimitName::Pids,
                 pids,
                 Enforcement::Rlimit,
                 "RLIMIT_NPROC on a uid of the session's own",
             ));
             if !config.allow_unenforced_limits {
                 return Err(Error::UnenforceableLimit {
-                    limit: "cpu",
+                    limit: LimitName::Cpu,
                     engine: caps.engine.clone(),
                     reason: format!(
                         "the engine cannot apply cgroup limits here (rootless: {}, cgroup v{}), and no rlimit bounds a cpu rate",
@@ -192,7 +269,7 @@ impl LimitPlan {
                 });
             }
             limits.push(status(
-                "cpu",
+                LimitName::Cpu,
                 cpus,
                 Enforcement::Unenforced,
                 "not enforced: no cgroup cpu quota on this engine (the run timeout still bounds time)",
@@ -200,7 +277,7 @@ impl LimitPlan {
         }
         if caps.tmpfs_inode_limit {
             limits.push(status(
-                "files",
+                LimitName::Files,
                 format!("{TMPFS_INODES} per tmpfs"),
                 Enforcement::Engine,
                 "tmpfs nr_inodes on /tmp and the workspace",
@@ -208,26 +285,26 @@ impl LimitPlan {
         } else {
             if !config.allow_unenforced_limits {
                 return Err(Error::UnenforceableLimit {
-                    limit: "files",
+                    limit: LimitName::Files,
                     engine: caps.engine.clone(),
                     reason: "the engine refuses the tmpfs nr_inodes option, so the number of files in /tmp and the workspace is bounded only by the kernel's default".into(),
                 });
             }
             limits.push(status(
-                "files",
+                LimitName::Files,
                 format!("{TMPFS_INODES} per tmpfs"),
                 Enforcement::Unenforced,
                 "not enforced: the engine refuses tmpfs nr_inodes (the kernel default, half the RAM pages, applies)",
             ));
         }
         limits.push(status(
-            "timeout",
+            LimitName::Timeout,
             format!("{}s", config.timeout.as_secs_f64()),
             Enforcement::Agent,
             "supervisor interrupts, then kills and replaces the interpreter",
         ));
         limits.push(status(
-            "network",
+            LimitName::Network,
             if config.network { "on" } else { "off" }.into(),
             if config.network {
                 Enforcement::Unenforced
@@ -248,7 +325,7 @@ impl LimitPlan {
                 .extend(["inotify_init", "inotify_init1", "fanotify_init"].map(String::from));
         }
         limits.push(status(
-            "inotify",
+            LimitName::Inotify,
             if caps.uid_map.is_empty() { "per session" } else { "none" }.into(),
             Enforcement::Agent,
             if caps.uid_map.is_empty() {
@@ -267,13 +344,13 @@ impl LimitPlan {
             .any(|e| e.mode == ExposureMode::ReadWrite)
         {
             limits.push(status(
-                "exposure size",
+                LimitName::ExposureSize,
                 format!("{} each", format_size(config.rw_exposure_bytes)),
                 Enforcement::Engine,
                 "tmpfs size of each read-write exposure (ENOSPC); at most that much is copied back per run",
             ));
             limits.push(status(
-                "exposure files",
+                LimitName::ExposureFiles,
                 format!("{} each", config.rw_exposure_files),
                 if caps.tmpfs_inode_limit {
                     Enforcement::Engine
@@ -297,7 +374,7 @@ impl LimitPlan {
     }
 
     /// The status of the named limit.
-    pub fn get(&self, name: &str) -> Option<&LimitStatus> {
+    pub fn get(&self, name: LimitName) -> Option<&LimitStatus> {
         self.limits.iter().find(|l| l.name == name)
     }
 }
@@ -323,11 +400,19 @@ mod tests {
     #[test]
     fn cgroup_engine_enforces_everything() {
         let plan = LimitPlan::new(&caps(true), &SandboxConfig::default()).unwrap();
-        for name in ["memory", "pids", "cpu", "swap"] {
+        for name in [
+            LimitName::Memory,
+            LimitName::Pids,
+            LimitName::Cpu,
+            LimitName::Swap,
+        ] {
             assert_eq!(plan.get(name).unwrap().enforcement, Enforcement::Engine);
         }
         assert!(plan.rlimits.is_empty());
-        assert_eq!(plan.get("timeout").unwrap().enforcement, Enforcement::Agent);
+        assert_eq!(
+            plan.get(LimitName::Timeout).unwrap().enforcement,
+            Enforcement::Agent
+        );
     }
 
     #[test]
@@ -340,14 +425,17 @@ mod tests {
             .unwrap();
         let plan = LimitPlan::new(&caps(false), &config).unwrap();
         assert_eq!(
-            plan.get("memory").unwrap().enforcement,
+            plan.get(LimitName::Memory).unwrap().enforcement,
             Enforcement::Unenforced
         );
         assert_eq!(plan.rlimits["as"], (512 << 20) + ADDRESS_SPACE_HEADROOM);
         assert!(plan.denied_syscalls.contains(&"memfd_create".to_string()));
-        assert_eq!(plan.get("pids").unwrap().enforcement, Enforcement::Rlimit);
         assert_eq!(
-            plan.get("cpu").unwrap().enforcement,
+            plan.get(LimitName::Pids).unwrap().enforcement,
+            Enforcement::Rlimit
+        );
+        assert_eq!(
+            plan.get(LimitName::Cpu).unwrap().enforcement,
             Enforcement::Unenforced
         );
         assert_eq!(plan.rlimits["data"], 512 << 20);

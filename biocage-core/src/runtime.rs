@@ -84,8 +84,9 @@ pub trait SandboxRuntime: Send + Sync {
     }
 }
 
-/// Removes orphaned sandboxes (left by a host process that died), logging what it did;
-/// runtimes call it when they connect, so nothing outlives its owner for long.
+/// Removes orphaned sandboxes (left by a host process that died), logging what it did.
+/// Long-lived front ends (the CLI, the Python package, the MCP server) call it once after
+/// they connect, so nothing outlives its owner for long; a library user decides.
 pub async fn reap_orphans(rt: &dyn SandboxRuntime) {
     match rt.gc().await {
         Ok(removed) if !removed.is_empty() => {
@@ -125,21 +126,16 @@ pub struct SandboxSummary {
 }
 
 impl SandboxSummary {
-    /// A summary from what an engine lists: ids, image, state and the BioCage labels.
-    pub fn from_labels(
-        container_id: String,
-        name: String,
-        image: String,
-        state: String,
-        labels: &std::collections::HashMap<String, String>,
-    ) -> Self {
+    /// A summary of a container the engine lists, from its BioCage labels.
+    pub(crate) fn from_entry(entry: crate::engine::ContainerEntry) -> Self {
         use crate::spec::{LABEL_OWNER_HOST, LABEL_OWNER_PID, LABEL_SESSION};
+        let labels = entry.labels;
         SandboxSummary {
-            container_id,
-            name: name.trim_start_matches('/').to_string(),
+            container_id: entry.id,
+            name: entry.name,
             session_id: labels.get(LABEL_SESSION).cloned().unwrap_or_default(),
-            image,
-            state,
+            image: entry.image,
+            state: entry.state.to_string(),
             owner_pid: labels.get(LABEL_OWNER_PID).and_then(|p| p.parse().ok()),
             owner_host: labels.get(LABEL_OWNER_HOST).cloned(),
         }
@@ -149,7 +145,7 @@ impl SandboxSummary {
     /// made it (on this host) is gone. A sandbox of a live owner, or of another host, is
     /// kept even while it is still being created.
     pub fn is_orphaned(&self) -> bool {
-        if matches!(self.state.as_str(), "exited" | "dead" | "stopped") {
+        if crate::engine::ContainerState::from_engine(&self.state).is_over() {
             return true;
         }
         let here = self.owner_host.as_deref() == Some(crate::spec::host_name().as_str());

@@ -380,7 +380,7 @@ fn check_hardening(hello: &Value, allow_unenforced: bool) -> Result<()> {
             continue;
         }
         return Err(Error::UnenforceableLimit {
-            limit: "seccomp",
+            limit: crate::limits::LimitName::Seccomp,
             engine: "this sandbox".into(),
             reason: format!(
                 "the agent could not install {what} (python3 without ctypes, or an architecture other than x86_64 and aarch64)"
@@ -538,14 +538,26 @@ impl Session for AgentSession {
         Ok(path)
     }
 
-    async fn close(self: Box<Self>) -> Result<()> {
+    async fn close(mut self: Box<Self>) -> Result<()> {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
         if let Some(note) = self.sync_back().await {
             tracing::warn!(session = %self.id, "{}", note.trim_end());
         }
-        self.ops.remove().await
+        let removed = self.ops.remove().await;
+        release(self.held.take()).await;
+        removed
+    }
+}
+
+/// Removes the staging folder and frees the uid off the async threads: removing staged
+/// copies of large exposures is blocking file work.
+async fn release(held: Option<(Staging, Option<UidLease>)>) {
+    if held.is_some() {
+        if let Err(e) = tokio::task::spawn_blocking(move || drop(held)).await {
+            tracing::warn!("removing a session's staging folder: {e}");
+        }
     }
 }
 
@@ -562,7 +574,6 @@ impl Drop for AgentSession {
             match tokio::runtime::Handle::try_current() {
                 Ok(handle) => {
                     handle.spawn(async move {
-                        let _held = held;
                         if let (Some(m), Some(ch)) = (mirror, channel) {
                             if let Err(e) = m.sync(&ch).await {
                                 tracing::warn!("copying read-write exposures back: {e}");
@@ -571,6 +582,7 @@ impl Drop for AgentSession {
                         if let Err(e) = ops.remove().await {
                             tracing::warn!("removing dropped sandbox {}: {e}", ops.container_id());
                         }
+                        release(held).await;
                     });
                 }
                 // No runtime to remove it with: the container ends by itself once its

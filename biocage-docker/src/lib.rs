@@ -1,17 +1,18 @@
 //! BioCage sandboxes on Docker Engine, through bollard.
 //!
-//! [`DockerRuntime`] implements [`biocage_core::SandboxRuntime`]: it negotiates the API
-//! version (Debian's Docker 20.10 speaks 1.41), honours `DOCKER_HOST`, creates hardened,
-//! labelled containers and attaches the agent's control channel with an exec.
+//! [`DockerEngine`] implements [`biocage_core::Engine`]: it negotiates the API version
+//! (Debian's Docker 20.10 speaks 1.41), honours `DOCKER_HOST`, creates hardened, labelled
+//! containers from the core's spec (`body.rs`) and attaches the agent's control channel
+//! with an exec. [`DockerRuntime`] is the core's runtime on it:
+//! `DockerRuntime::connect().await?`.
 
 #![deny(missing_docs)]
 
 mod body;
-mod container;
+mod engine;
 mod image;
-mod runtime;
 
-pub use runtime::DockerRuntime;
+pub use engine::{DockerEngine, DockerRuntime};
 
 /// Engine name used in messages and reports.
 pub const ENGINE: &str = "docker";

@@ -4,45 +4,19 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use async_trait::async_trait;
-use biocage_core::image::{FolderBuild, ImageDetails, ImageEngine, LABEL_IMAGE};
-use biocage_core::{BuildEvent, BuildOptions, BuiltImage, Error, Progress, Result};
+use biocage_core::image::{FolderBuild, ImageDetails};
+use biocage_core::{BuildChunk, Error, Result};
 use bollard::query_parameters::BuildImageOptions;
+use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use podman_api::opts::{ImageListFilter, ImageListOpts, ImageTagOpts};
 use podman_api::Podman;
 
-use crate::container::is_not_found;
-use crate::runtime::PodmanRuntime;
+use crate::engine::is_not_found;
 use crate::ENGINE;
-
-/// The build side of the Podman backend. Builds go through Podman's Docker-compatible
-/// endpoint on the same socket: Podman 4.3's libpod build endpoint reuses no layer
-/// unless given an output format, which podman-api cannot pass, while the compatible one
-/// caches as Docker does. Tags are set through the libpod API (so a short name is
-/// `localhost/NAME`, as Podman's own builds name it).
-struct Builder<'a> {
-    compat: bollard::Docker,
-    podman: &'a Podman,
-}
-
-/// Packs `dir` as a build context; times, owners and modes are normalized, so that the
-/// engine's cache sees only names and content.
-fn tar_folder(dir: &std::path::Path) -> std::io::Result<Vec<u8>> {
-    let mut builder = tar::Builder::new(Vec::new());
-    builder.follow_symlinks(false);
-    builder.mode(tar::HeaderMode::Deterministic);
-    builder.append_dir_all(".", dir)?;
-    builder.into_inner()
-}
 
 fn to_hash_map(map: &BTreeMap<String, String>) -> HashMap<String, String> {
     map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-}
-
-/// True for a full image id as Podman prints it at the end of a build.
-fn is_image_id(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// "localhost/biocage-tab:1" as ("localhost/biocage-tab", "1"); the tag is "latest" when
@@ -55,80 +29,53 @@ fn split_tag(name: &str) -> (&str, &str) {
     }
 }
 
-#[async_trait]
-impl ImageEngine for Builder<'_> {
-    async fn build_folder(
-        &self,
-        build: &FolderBuild,
-        progress: &mut Progress<'_>,
-    ) -> Result<String> {
-        let action = match &build.tag {
-            Some(tag) => format!("building {tag}"),
-            None => "building an image".to_string(),
-        };
-        let failed = |e: &dyn std::fmt::Display| Error::engine(ENGINE, &action, e.to_string());
-        let context = tar_folder(&build.context)
-            .map_err(|e| Error::io(format!("packing {}", build.context.display()), e))?;
-        let options = BuildImageOptions {
-            rm: true,
-            forcerm: true,
-            nocache: build.no_cache,
-            buildargs: Some(to_hash_map(&build.build_args)),
-            ..Default::default()
-        };
-        let mut stream =
-            self.compat
-                .build_image(options, None, Some(bollard::body_full(context.into())));
-        let mut id = None;
-        while let Some(item) = stream.next().await {
-            let info = item.map_err(|e| failed(&e))?;
-            if let Some(err) = info.error_detail.and_then(|d| d.message) {
-                return Err(failed(&err));
-            }
-            if let Some(line) = info.stream {
-                for l in line.lines() {
-                    let l = l.trim_end();
-                    // The build ends with the new image's full id on a line of its own.
-                    if is_image_id(l) {
-                        id.get_or_insert_with(|| l.to_string());
-                    } else if !l.is_empty() {
-                        progress(BuildEvent::Line(l));
-                    }
-                }
-            }
-            if let Some(full) = info.aux.and_then(|aux| aux.id) {
-                id = Some(full);
-            }
-        }
-        let id = id.ok_or_else(|| failed(&"the build ended without naming an image"))?;
-        if let Some(tag) = &build.tag {
-            let (repo, version) = split_tag(tag);
-            self.podman
-                .images()
-                .get(&id)
-                .tag(&ImageTagOpts::builder().repo(repo).tag(version).build())
-                .await
-                .map_err(|e| failed(&e))?;
-        }
-        Ok(id)
-    }
+/// Builds `build` through Podman's Docker-compatible endpoint on the same socket, untagged
+/// ([`tag`] names it after). Podman 4.3's libpod build endpoint reuses no layer unless
+/// given an output format, which podman-api cannot pass, while the compatible one caches
+/// as Docker does.
+pub(crate) fn build_stream<'a>(
+    compat: &'a bollard::Docker,
+    build: &FolderBuild,
+    context: Vec<u8>,
+) -> BoxStream<'a, Result<BuildChunk>> {
+    let options = BuildImageOptions {
+        rm: true,
+        forcerm: true,
+        nocache: build.no_cache,
+        buildargs: Some(to_hash_map(&build.build_args)),
+        ..Default::default()
+    };
+    let chunk = |info: bollard::models::BuildInfo| BuildChunk {
+        text: info.stream,
+        error: info.error_detail.and_then(|d| d.message),
+        image_id: info.aux.and_then(|aux| aux.id),
+    };
+    compat
+        .build_image(options, None, Some(bollard::body_full(context.into())))
+        .map(move |item| {
+            item.map(chunk)
+                .map_err(|e| Error::engine(ENGINE, "building", e))
+        })
+        .boxed()
 }
 
-/// Builds what `opts` describe (see [`biocage_core::image::build`]).
-pub(crate) async fn build_image(
-    rt: &PodmanRuntime,
-    podman: &Podman,
-    opts: &BuildOptions,
-    progress: &mut Progress<'_>,
-) -> Result<BuiltImage> {
-    let socket = rt.socket().display().to_string();
-    let compat = bollard::Docker::connect_with_unix(&socket, 3600, &COMPAT_API)
-        .map_err(|e| Error::engine(ENGINE, format!("connecting to {socket}"), e))?;
-    biocage_core::image::build(rt, &Builder { compat, podman }, opts, progress).await
+/// Tags the image `id` as `build` asks, through the libpod API (so a short name is
+/// `localhost/NAME`, as Podman's own builds name it); returns the id.
+pub(crate) async fn tag(podman: &Podman, build: &FolderBuild, id: String) -> Result<String> {
+    if let Some(tag) = &build.tag {
+        let (repo, version) = split_tag(tag);
+        podman
+            .images()
+            .get(&id)
+            .tag(&ImageTagOpts::builder().repo(repo).tag(version).build())
+            .await
+            .map_err(|e| Error::engine(ENGINE, format!("tagging {id} as {tag}"), e))?;
+    }
+    Ok(id)
 }
 
 /// The Docker API version Podman 4's compatible endpoint speaks.
-const COMPAT_API: bollard::ClientVersion = bollard::ClientVersion {
+pub(crate) const COMPAT_API: bollard::ClientVersion = bollard::ClientVersion {
     major_version: 1,
     minor_version: 41,
 };
@@ -188,10 +135,10 @@ pub(crate) async fn image_details(podman: &Podman, image: &str) -> Result<Option
     )))
 }
 
-/// The images with BioCage's label.
-pub(crate) async fn list_images(podman: &Podman) -> Result<Vec<ImageDetails>> {
+/// The images that carry `label`.
+pub(crate) async fn list_images(podman: &Podman, label: &str) -> Result<Vec<ImageDetails>> {
     let opts = ImageListOpts::builder()
-        .filter([ImageListFilter::LabelKey(LABEL_IMAGE.to_string())])
+        .filter([ImageListFilter::LabelKey(label.to_string())])
         .build();
     let list = podman
         .images()
@@ -225,7 +172,5 @@ mod tests {
             ("localhost:5000/x/biocage", "latest")
         );
         assert_eq!(split_tag("localhost/b:v2"), ("localhost/b", "v2"));
-        assert!(is_image_id(&"a".repeat(64)));
-        assert!(!is_image_id("Successfully built abc"));
     }
 }

@@ -120,7 +120,7 @@ pub(crate) async fn connect(choice: Choice) -> Result<Engine, Failure> {
                 Ok(rt) => {
                     tracing::info!(
                         "runtime auto: docker unavailable, picked podman at {}",
-                        rt.socket().display()
+                        rt.endpoint()
                     );
                     Arc::new(rt)
                 }
@@ -132,6 +132,8 @@ pub(crate) async fn connect(choice: Choice) -> Result<Engine, Failure> {
             },
         },
     };
+    // Once per engine and process: sandboxes whose owners are gone are removed.
+    biocage_core::reap_orphans(engine.as_ref()).await;
     engines.insert(key, engine.clone());
     Ok(engine)
 }

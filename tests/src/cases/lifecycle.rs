@@ -148,8 +148,8 @@ async fn wait_gone(rt: &dyn SandboxRuntime, id: &str, when: &str) {
     panic!("container {id} still there 20 s {when}");
 }
 
-/// The host process is killed mid-run: its sandbox is gone once the runtime next
-/// starts, and, with nobody collecting, by itself through the agent's orphan watchdog.
+/// The host process is killed mid-run: its sandbox is gone once the next front end
+/// starts and collects orphans, and, with nobody collecting, by itself through the agent's orphan watchdog.
 pub async fn killed_owner_leaves_nothing(rt: &dyn SandboxRuntime, helper: &str) {
     let listed = |list: Vec<biocage_core::SandboxSummary>, id: &str| {
         list.iter().any(|l| l.container_id == id)
@@ -159,10 +159,12 @@ pub async fn killed_owner_leaves_nothing(rt: &dyn SandboxRuntime, helper: &str) 
         listed(rt.list_sandboxes().await.unwrap(), &id),
         "the killed helper's sandbox exists until something collects it"
     );
+    // What the front ends (CLI, Python package, MCP server) do when they start.
     let restarted = crate::harness::connect(rt.name()).await.unwrap();
+    biocage_core::reap_orphans(restarted.as_ref()).await;
     assert!(
         !listed(restarted.list_sandboxes().await.unwrap(), &id),
-        "the runtime's next start removes the orphan"
+        "collecting orphans at the next start removes it"
     );
     let id = spawn_and_kill(helper, rt.name()).await;
     wait_gone(
