@@ -21,6 +21,8 @@ pub mod launch;
 pub mod limits;
 mod mirror;
 pub mod pool;
+#[doc(hidden)]
+pub mod protocol;
 pub mod result;
 pub mod runtime;
 pub mod session;
