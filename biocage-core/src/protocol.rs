@@ -567,4 +567,80 @@ mod tests {
         assert!(parse_line("not json").is_err());
         assert!(parse_line(r#"{"id":"x","op":"ok"}"#).is_err());
     }
+
+    /// The agent's table of exit codes and error kinds (between its "# -- results
+    /// table" marks) is the host's: the same EXIT_* values, and as KIND_* every
+    /// [`ErrorKind`](crate::result::ErrorKind) but the host's own `sandbox`.
+    #[test]
+    fn the_agent_and_the_host_share_one_table_of_exit_codes_and_error_kinds() {
+        use crate::result::{ErrorKind, EXIT_EXCEPTION, EXIT_KILLED, EXIT_OK, EXIT_TIMEOUT};
+        use std::collections::BTreeSet;
+        let src = crate::agent::AGENT_SOURCE;
+        let (_, rest) = src
+            .split_once("# -- results table\n")
+            .expect("the agent's results table");
+        let (table, _) = rest
+            .split_once("# -- end of results table\n")
+            .expect("the end of the agent's results table");
+        let mut exits = BTreeMap::new();
+        let mut kinds = BTreeSet::new();
+        for line in table.lines() {
+            let (name, value) = line
+                .split_once(" = ")
+                .unwrap_or_else(|| panic!("not NAME = value: {line:?}"));
+            if name.starts_with("EXIT_") {
+                exits.insert(name.to_string(), value.parse::<i32>().unwrap());
+            } else if let Some(kind) = name.strip_prefix("KIND_") {
+                let value: String = serde_json::from_str(value).unwrap();
+                assert_eq!(kind.to_lowercase(), value, "{line}");
+                kinds.insert(value);
+            } else {
+                panic!("neither EXIT_ nor KIND_: {line:?}");
+            }
+        }
+        let host_exits: BTreeMap<String, i32> = [
+            ("EXIT_OK", EXIT_OK),
+            ("EXIT_EXCEPTION", EXIT_EXCEPTION),
+            ("EXIT_TIMEOUT", EXIT_TIMEOUT),
+            ("EXIT_KILLED", EXIT_KILLED),
+        ]
+        .into_iter()
+        .map(|(n, v)| (n.to_string(), v))
+        .collect();
+        assert_eq!(exits, host_exits);
+        let host_kinds: BTreeSet<String> = [
+            ErrorKind::Exception,
+            ErrorKind::Timeout,
+            ErrorKind::Oom,
+            ErrorKind::Crashed,
+            ErrorKind::Sandbox,
+            ErrorKind::Exit,
+        ]
+        .into_iter()
+        // Exhaustive: a new kind does not compile until it is sorted here.
+        .filter(|k| match k {
+            ErrorKind::Sandbox => false,
+            ErrorKind::Exception
+            | ErrorKind::Timeout
+            | ErrorKind::Oom
+            | ErrorKind::Crashed
+            | ErrorKind::Exit => true,
+        })
+        .map(|k| {
+            serde_json::to_value(k)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+        assert_eq!(kinds, host_kinds);
+        // The agent names kinds through its table only.
+        for literal in ["kind=\"", "\"kind\": \"", "[\"kind\"] = \""] {
+            assert!(
+                !src.contains(literal),
+                "a kind outside the table: {literal}"
+            );
+        }
+    }
 }
