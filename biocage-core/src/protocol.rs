@@ -381,6 +381,53 @@ pub fn encode_request<R: Serialize + ?Sized>(id: u64, body: &R) -> Result<String
     serde_json::to_string(&Envelope { id: Some(id), body }).map_err(|e| Malformed(e.to_string()))
 }
 
+/// The supervisor's configuration, the last argument of its command line (JSON). The
+/// agent reads each field with a default, so fields may be left out by old hosts.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentConfig {
+    /// Most bytes kept of each output stream of a run.
+    pub output_cap: usize,
+    /// Time limit of a run that names none, in seconds.
+    pub timeout: f64,
+    /// Time a run has to stop after an interrupt before it is killed, in seconds.
+    pub interrupt_grace: f64,
+    /// rlimits applied to the worker (name without RLIMIT_, lowercase).
+    pub rlimits: BTreeMap<String, u64>,
+    /// Whether open matplotlib figures become images of the result.
+    pub capture_figures: bool,
+    /// The worker's working directory.
+    pub workdir: String,
+    /// The folders file transfers may reach.
+    pub file_roots: Vec<String>,
+    /// The sandbox's process limit (the agent culls leftovers near it).
+    pub pids_limit: u32,
+    /// Most characters of a result's value.
+    pub value_cap: usize,
+    /// Most characters of an error message.
+    pub message_cap: usize,
+    /// Most characters of a traceback.
+    pub traceback_cap: usize,
+    /// Most figures in a result.
+    pub max_images: usize,
+    /// Most bytes of figures in a result.
+    pub max_image_bytes: usize,
+    /// Most pixels rendered for a result's figures.
+    pub max_image_pixels: u64,
+    /// Most displays in a result.
+    pub max_displays: usize,
+    /// Most characters of all displays of a result.
+    pub max_display_bytes: usize,
+    /// Longest code a run takes, in bytes.
+    pub max_code_bytes: usize,
+    /// Longest request line the agent reads.
+    pub request_cap: usize,
+    /// Syscalls the agent's seccomp filter denies besides its own list.
+    pub deny_syscalls: Vec<String>,
+    /// The worker's umask (the agent keeps its own when absent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub umask: Option<u32>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
