@@ -46,6 +46,21 @@ except ImportError:  # a Python without ctypes: the hello reports no filter
     ctypes = None
 
 AGENT_VERSION = 2
+
+# Exit codes and error kinds of results. The host's copy (ErrorKind and the EXIT_*
+# constants in biocage-core/src/result.rs) is checked against this table by a test of
+# biocage-core (protocol.rs): one "NAME = value" a line, nothing else between the marks.
+# -- results table
+EXIT_OK = 0
+EXIT_EXCEPTION = 1
+EXIT_TIMEOUT = 124
+EXIT_KILLED = 137
+KIND_EXCEPTION = "exception"
+KIND_TIMEOUT = "timeout"
+KIND_OOM = "oom"
+KIND_CRASHED = "crashed"
+KIND_EXIT = "exit"
+# -- end of results table
 SERVE_MARK = "biocage-serve"
 READ_CHUNK = 65536
 HIGH_FD = 200
@@ -1012,8 +1027,8 @@ class Supervisor:
             self.send({"id": rid, "op": "ok"})
         elif op == "restart":
             if self.run is not None:
-                self.finish_lost(kind="crashed", name="Restarted",
-                                 message="the session was restarted during the run", code=137)
+                self.finish_lost(kind=KIND_CRASHED, name="Restarted",
+                                 message="the session was restarted during the run", code=EXIT_KILLED)
             self.replace_worker()
             self.lost_since_last_run = False  # asked for: the caller knows state is gone
             self.send({"id": rid, "op": "ok", "pid": self.worker["pid"]})
@@ -1239,21 +1254,21 @@ class Supervisor:
         status = reply["exit_status"]
         if err is None and status:
             res.update(success=False, exit_code=status, error={
-                "kind": "exit", "name": "SystemExit", "message": "the code called sys.exit(%d)" % status,
+                "kind": KIND_EXIT, "name": "SystemExit", "message": "the code called sys.exit(%d)" % status,
                 "traceback": None})
         elif err is None:
-            res.update(success=True, exit_code=0, error=None)
+            res.update(success=True, exit_code=EXIT_OK, error=None)
         elif err["name"] == "KeyboardInterrupt" and self.run["interrupted"] \
                 and not self.run["host_interrupt"]:
-            err.update(kind="timeout", message="execution exceeded the %.3g s timeout and was interrupted"
+            err.update(kind=KIND_TIMEOUT, message="execution exceeded the %.3g s timeout and was interrupted"
                        % self.run["timeout"])
-            res.update(success=False, exit_code=124, error=err)
+            res.update(success=False, exit_code=EXIT_TIMEOUT, error=err)
         elif err["name"] == "MemoryError":
-            err["kind"] = "oom"
-            res.update(success=False, exit_code=137, error=err)
+            err["kind"] = KIND_OOM
+            res.update(success=False, exit_code=EXIT_KILLED, error=err)
         else:
-            err["kind"] = "exception"
-            res.update(success=False, exit_code=1, error=err)
+            err["kind"] = KIND_EXCEPTION
+            res.update(success=False, exit_code=EXIT_EXCEPTION, error=err)
         self.run = None
         self.send(res)
 
@@ -1280,24 +1295,26 @@ class Supervisor:
             if os.WIFSIGNALED(status):
                 sig = os.WTERMSIG(status)
                 if oom:
-                    self.finish_lost("oom", "MemoryError",
+                    self.finish_lost(KIND_OOM, "MemoryError",
                                      "the worker was killed by the out-of-memory killer "
-                                     "(memory limit reached); earlier state is lost", 137)
+                                     "(memory limit reached); earlier state is lost", EXIT_KILLED)
                 else:
-                    self.finish_lost("crashed", signal.Signals(sig).name,
+                    self.finish_lost(KIND_CRASHED, signal.Signals(sig).name,
                                      "the worker was killed by signal %s; earlier state is lost"
-                                     % signal.Signals(sig).name, 137)
+                                     % signal.Signals(sig).name, EXIT_KILLED)
             elif os.WEXITSTATUS(status) == 0:
                 # sys.exit(0) / os._exit(0): the program ended normally; its state ends with it.
                 res = self.base_result()
                 self.lost_since_last_run = False
-                res.update(success=True, exit_code=0, state_lost=True, value=None, images=[], error=None)
+                res.update(success=True, exit_code=EXIT_OK, state_lost=True, value=None, images=[],
+                           error=None)
                 self.run = None
                 self.send(res)
             else:
                 code = os.WEXITSTATUS(status)
-                self.finish_lost("crashed", "SystemExit",
-                                 "the worker exited with status %d; earlier state is lost" % code, 1)
+                self.finish_lost(KIND_CRASHED, "SystemExit",
+                                 "the worker exited with status %d; earlier state is lost" % code,
+                                 EXIT_EXCEPTION)
         else:
             self.lost_since_last_run = True
         self.replace_worker()
@@ -1309,9 +1326,10 @@ class Supervisor:
             return
         # The interrupt was ignored for the whole grace period: kill and replace.
         if run["host_interrupt"]:
-            kind, name, msg, code = "crashed", "Killed", "the run ignored an interrupt and was killed", 137
+            kind, name, code = KIND_CRASHED, "Killed", EXIT_KILLED
+            msg = "the run ignored an interrupt and was killed"
         else:
-            kind, name, code = "timeout", "TimeoutError", 124
+            kind, name, code = KIND_TIMEOUT, "TimeoutError", EXIT_TIMEOUT
             msg = ("execution exceeded the %.3g s timeout, ignored the interrupt for %.3g s and was "
                    "killed; earlier state is lost" % (run["timeout"], self.grace))
         self.kill_worker_only()

@@ -23,6 +23,8 @@ mod launch;
 pub mod limits;
 mod mirror;
 pub mod pool;
+#[doc(hidden)]
+pub mod protocol;
 pub mod result;
 pub mod runtime;
 pub mod session;

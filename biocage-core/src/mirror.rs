@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use serde_json::{json, Value};
 
 use crate::channel::AgentChannel;
 use crate::config::{Exposure, SandboxConfig, RW_MAX_DEPTH, RW_MAX_PATH};
 use crate::error::{Error, Result};
+use crate::protocol::{Change, ChangeKind, FilePath, Reply, Request};
 
 /// Bytes moved per request while filling or copying back.
 const CHUNK: u64 = 4 << 20;
@@ -68,14 +68,8 @@ fn sandbox_path(target: &str, rel: &Path) -> String {
     BASE64.encode(raw)
 }
 
-async fn ask(channel: &AgentChannel, msg: Value) -> Result<Value> {
-    let reply = channel.request(msg, WAIT).await.map_err(agent_err)?;
-    if reply["op"] == "error" {
-        return Err(Error::FileTransfer(
-            reply["message"].as_str().unwrap_or("refused").to_string(),
-        ));
-    }
-    Ok(reply)
+async fn ask(channel: &AgentChannel, req: Request) -> Result<Reply> {
+    channel.call(&req, WAIT).await
 }
 
 impl RwMirror {
@@ -108,7 +102,10 @@ impl RwMirror {
                 if entry.dir {
                     ask(
                         channel,
-                        json!({"op": "make_dir", "p64": path, "mode": entry.mode}),
+                        Request::MakeDir {
+                            path: FilePath::P64(path),
+                            mode: entry.mode,
+                        },
                     )
                     .await?;
                     continue;
@@ -122,8 +119,12 @@ impl RwMirror {
                     let len = data.len() as u64;
                     ask(
                         channel,
-                        json!({"op": "write_file", "p64": path, "data": BASE64.encode(&data),
-                               "offset": offset, "mode": entry.mode}),
+                        Request::WriteFile {
+                            path: FilePath::P64(path.clone()),
+                            data: BASE64.encode(&data),
+                            offset: Some(offset),
+                            mode: Some(entry.mode),
+                        },
                     )
                     .await?;
                     offset += len;
@@ -139,15 +140,15 @@ impl RwMirror {
     /// Starts tracking changes from what the tmpfs holds now (also after a new
     /// supervisor replaced one that died: what it held is then copied back again).
     pub(crate) async fn begin(&self, channel: &AgentChannel) -> Result<()> {
-        let roots: Vec<&str> = self
-            .exposures
-            .iter()
-            .map(|e| e.container.as_str())
-            .collect();
+        let roots = self.exposures.iter().map(|e| e.container.clone()).collect();
         ask(
             channel,
-            json!({"op": "sync_begin", "roots": roots, "max_entries": self.max_files,
-                   "max_depth": RW_MAX_DEPTH, "max_path": RW_MAX_PATH}),
+            Request::SyncBegin {
+                roots,
+                max_entries: self.max_files,
+                max_depth: RW_MAX_DEPTH,
+                max_path: RW_MAX_PATH,
+            },
         )
         .await?;
         Ok(())
@@ -160,25 +161,28 @@ impl RwMirror {
         let mut budget = vec![self.max_bytes; self.exposures.len()];
         let mut more = false;
         loop {
-            let page = ask(channel, json!({"op": "sync", "next": more, "page": PAGE})).await?;
+            let page = ask(
+                channel,
+                Request::Sync {
+                    next: more,
+                    page: PAGE,
+                },
+            )
+            .await?;
             if !more {
                 notes.agent(&page);
             }
             let mut forget = Vec::new();
-            for change in page["changes"]
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or_default()
-            {
+            for change in &page.changes {
                 if let Err(why) = self.apply(channel, change, &mut budget).await {
                     notes.failed(change, why);
-                    forget.push(json!({"root": change["root"], "p64": change["p64"]}));
+                    forget.push(change.path.clone());
                 }
             }
             if !forget.is_empty() {
-                ask(channel, json!({"op": "sync_forget", "paths": forget})).await?;
+                ask(channel, Request::SyncForget { paths: forget }).await?;
             }
-            more = page["more"].as_bool().unwrap_or(false);
+            more = page.more;
             if !more {
                 return Ok(notes.text());
             }
@@ -188,26 +192,22 @@ impl RwMirror {
     async fn apply(
         &self,
         channel: &AgentChannel,
-        change: &Value,
+        change: &Change,
         budget: &mut [u64],
     ) -> std::result::Result<(), String> {
-        let idx = change["root"]
-            .as_u64()
-            .and_then(|i| usize::try_from(i).ok());
+        let idx = usize::try_from(change.path.root).ok();
         let Some((e, left)) = idx.and_then(|i| Some((self.exposures.get(i)?, budget.get_mut(i)?)))
         else {
             return Err("unknown exposure".into());
         };
-        let raw = BASE64
-            .decode(change["p64"].as_str().unwrap_or(""))
-            .map_err(|e| e.to_string())?;
+        let raw = BASE64.decode(&change.path.p64).map_err(|e| e.to_string())?;
         let rel = checked_rel(&raw)?;
         let root = e.host.clone();
-        match change["kind"].as_str() {
-            Some("dir") => blocking(move || open_dir_below(&root, &rel, true).map(drop)).await,
-            Some("gone") => blocking(move || remove_below(&root, &rel)).await,
-            Some("file") => {
-                let size = change["size"].as_u64().unwrap_or(0);
+        match change.kind {
+            ChangeKind::Dir => blocking(move || open_dir_below(&root, &rel, true).map(drop)).await,
+            ChangeKind::Gone => blocking(move || remove_below(&root, &rel)).await,
+            ChangeKind::File => {
+                let size = change.size;
                 if size > *left {
                     return Err(format!(
                         "{size} bytes (apparent size) would pass the {}-byte cap of what a run copies back",
@@ -215,7 +215,9 @@ impl RwMirror {
                     ));
                 }
                 *left -= size;
-                let mode = u32::try_from(change["mode"].as_u64().unwrap_or(0o600)).unwrap_or(0o600);
+                let mode = change
+                    .mode
+                    .map_or(0o600, |m| u32::try_from(m).unwrap_or(0o600));
                 let file = {
                     let (root, rel) = (root.clone(), rel.clone());
                     blocking(move || create_below(&root, &rel, mode)).await?
@@ -225,13 +227,17 @@ impl RwMirror {
                     let length = CHUNK.min(size - offset);
                     let reply = ask(
                         channel,
-                        json!({"op": "read_file", "p64": sandbox_path(&e.container, &rel),
-                               "offset": offset, "length": length, "max_bytes": CHUNK}),
+                        Request::ReadFile {
+                            path: FilePath::P64(sandbox_path(&e.container, &rel)),
+                            offset: Some(offset),
+                            length: Some(length),
+                            max_bytes: CHUNK,
+                        },
                     )
                     .await
                     .map_err(|e| e.to_string())?;
                     let data = BASE64
-                        .decode(reply["data"].as_str().unwrap_or(""))
+                        .decode(reply.data.unwrap_or_default())
                         .map_err(|e| e.to_string())?;
                     if data.is_empty() {
                         break; // shrank meanwhile: the next scan sees it
@@ -242,7 +248,7 @@ impl RwMirror {
                 }
                 blocking(move || file.set_len(size)).await
             }
-            _ => Err("unknown change".into()),
+            ChangeKind::Unknown => Err("unknown change".into()),
         }
     }
 }
@@ -276,39 +282,36 @@ struct Notes {
 }
 
 impl Notes {
-    fn agent(&mut self, page: &Value) {
-        let count = |k: &str| page[k].as_u64().unwrap_or(0);
-        if count("skipped") > 0 {
+    fn agent(&mut self, page: &Reply) {
+        if page.skipped > 0 {
             self.lines.push(format!(
                 "{} links or special files were not copied back",
-                count("skipped")
+                page.skipped
             ));
         }
-        if count("too_deep") > 0 {
+        if page.too_deep > 0 {
             self.lines.push(format!(
                 "{} folders nested deeper than {RW_MAX_DEPTH} levels were not copied back",
-                count("too_deep")
+                page.too_deep
             ));
         }
-        if count("too_long") > 0 {
+        if page.too_long > 0 {
             self.lines.push(format!(
                 "{} entries with paths over {RW_MAX_PATH} bytes were not copied back",
-                count("too_long")
+                page.too_long
             ));
         }
-        if page["too_many"].as_bool() == Some(true) {
+        if page.too_many {
             self.lines.push(
                 "the file-count cap was reached; entries past it were not copied back".into(),
             );
         }
     }
 
-    fn failed(&mut self, change: &Value, why: String) {
+    fn failed(&mut self, change: &Change, why: String) {
         self.failed += 1;
         if self.names.len() < NOTE_NAMES {
-            let raw = BASE64
-                .decode(change["p64"].as_str().unwrap_or(""))
-                .unwrap_or_default();
+            let raw = BASE64.decode(&change.path.p64).unwrap_or_default();
             let mut name = String::from_utf8_lossy(&raw).to_string();
             name.truncate(200);
             let mut why = why;

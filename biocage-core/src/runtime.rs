@@ -227,19 +227,18 @@ pub enum RunEvent {
 
 impl RunEvent {
     /// The event an agent message describes, if it is one.
-    pub(crate) fn from_agent(msg: &serde_json::Value) -> Option<Self> {
-        match msg["op"].as_str()? {
-            "output" => {
-                let text = msg["data"].as_str()?.to_string();
-                Some(if msg["stream"] == "stderr" {
-                    RunEvent::Stderr(text)
-                } else {
-                    RunEvent::Stdout(text)
-                })
-            }
-            "display" => serde_json::from_value(msg["bundle"].clone())
-                .ok()
-                .map(RunEvent::Display),
+    pub(crate) fn from_agent(msg: crate::protocol::Message) -> Option<Self> {
+        use crate::protocol::{Message, OutputStream};
+        match msg {
+            Message::Output {
+                stream: OutputStream::Stdout,
+                data,
+            } => Some(RunEvent::Stdout(data)),
+            Message::Output {
+                stream: OutputStream::Stderr,
+                data,
+            } => Some(RunEvent::Stderr(data)),
+            Message::Display { bundle } => Some(RunEvent::Display(bundle)),
             _ => None,
         }
     }

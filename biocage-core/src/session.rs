@@ -7,7 +7,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use serde_json::{json, Value};
 
 use crate::agent::{kill_all_argv, AGENT_VERSION};
 use crate::channel::{AgentChannel, ChannelError};
@@ -16,6 +15,7 @@ use crate::container::ContainerOps;
 use crate::error::{Error, Result};
 use crate::limits::LimitPlan;
 use crate::mirror::RwMirror;
+use crate::protocol::{FilePath, Hello, Message, Reply, Request, Script};
 use crate::result::{ErrorKind, ExecutionResult, EXIT_KILLED, EXIT_TIMEOUT};
 use crate::runtime::{InputStatus, RunEvent, RunOptions, Session, SessionInfo};
 use crate::spec::reply_line_limit;
@@ -156,23 +156,14 @@ impl AgentSession {
     }
 
     /// A quick request; the error says what the agent refused.
-    async fn quick(&self, msg: Value) -> Result<Value> {
+    async fn quick(&self, req: Request) -> Result<Reply> {
         self.check_open()?;
         let mut channel = self.channel().await;
         if channel.is_closed() {
             self.reconnect().await?;
             channel = self.channel().await;
         }
-        let reply = channel
-            .request(msg, QUICK_TIMEOUT)
-            .await
-            .map_err(|e| Error::Agent(e.to_string()))?;
-        if reply["op"] == "error" {
-            return Err(Error::FileTransfer(
-                reply["message"].as_str().unwrap_or("refused").to_string(),
-            ));
-        }
-        Ok(reply)
+        channel.call(&req, QUICK_TIMEOUT).await
     }
 
     /// Mirrors read-write exposures back to the host; returns a note for stderr about
@@ -217,17 +208,19 @@ impl AgentSession {
         self.runs.fetch_add(1, Ordering::Relaxed);
         let started = std::time::Instant::now();
         let wait = timeout + self.config.interrupt_grace + HOST_SLACK;
-        let mut msg = json!({"op": "run", "code": code, "timeout": timeout.as_secs_f64()});
-        if let Some((path, argv)) = &opts.script {
-            msg["script"] = json!({"path": path, "argv": argv});
-            msg["filename"] = json!(path);
-        }
-        if events.is_some() {
-            msg["stream"] = json!(true);
-        }
+        let req = Request::Run {
+            code: code.to_string(),
+            timeout: timeout.as_secs_f64(),
+            script: opts.script.as_ref().map(|(path, argv)| Script {
+                path: path.clone(),
+                argv: argv.clone(),
+            }),
+            filename: opts.script.as_ref().map(|(path, _)| path.clone()),
+            stream: events.is_some(),
+        };
         let sink = events.map(|tx| -> crate::channel::EventSink {
             Box::new(move |msg| {
-                if let Some(event) = RunEvent::from_agent(&msg) {
+                if let Some(event) = RunEvent::from_agent(msg) {
                     // Full: dropped. The result holds everything within the caps anyway.
                     let _ = tx.try_send(event);
                 }
@@ -240,22 +233,14 @@ impl AgentSession {
             lock: Some(one_run),
             wait,
         };
-        let outcome = channel.request_streaming(msg, wait, sink).await;
+        let outcome = channel.request_streaming(&req, wait, sink).await;
         pending.lock = None;
         let elapsed = started.elapsed().as_secs_f64();
         let mut result = match outcome {
-            Ok(reply) if reply["op"] == "result" => {
-                serde_json::from_value::<ExecutionResult>(reply)
-                    .map_err(|e| Error::Agent(format!("malformed result from the agent: {e}")))?
-            }
-            Ok(reply) => {
-                return Err(Error::Agent(
-                    reply["message"]
-                        .as_str()
-                        .unwrap_or("unexpected reply")
-                        .to_string(),
-                ))
-            }
+            Ok(Message::Result(result)) => *result,
+            Ok(Message::Error { message }) => return Err(Error::Agent(message)),
+            Ok(_) => return Err(Error::Agent("unexpected reply".into())),
+            Err(e @ ChannelError::Malformed(_)) => return Err(Error::Agent(e.to_string())),
             Err(ChannelError::Closed) | Err(ChannelError::Send(_)) => {
                 self.reconnect().await?;
                 self.lost_result(
@@ -319,13 +304,13 @@ async fn connect(
                 ops.container_name()
             ))
         })?;
-    if hello["agent_version"].as_u64() != Some(AGENT_VERSION) {
-        return Err(Error::Agent(format!("unexpected agent hello: {hello}")));
+    if hello.agent_version != Some(AGENT_VERSION) {
+        return Err(Error::Agent(format!("unexpected agent hello: {hello:?}")));
     }
     check_hardening(&hello, config.allow_unenforced_limits)?;
     Ok(Connection {
         channel: Arc::new(channel),
-        python: hello["python"].as_str().unwrap_or("").to_string(),
+        python: hello.python,
     })
 }
 
@@ -346,13 +331,11 @@ impl Drop for PendingRun {
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
                 let _lock = lock;
-                let _ = channel
-                    .request(json!({"op": "interrupt"}), QUICK_TIMEOUT)
-                    .await;
+                let _ = channel.request(&Request::Interrupt, QUICK_TIMEOUT).await;
                 let deadline = tokio::time::Instant::now() + wait;
                 while tokio::time::Instant::now() < deadline {
-                    match channel.request(json!({"op": "ping"}), QUICK_TIMEOUT).await {
-                        Ok(reply) if reply["busy"] == false => break,
+                    match channel.request(&Request::Ping, QUICK_TIMEOUT).await {
+                        Ok(Message::Ok(reply)) if reply.busy == Some(false) => break,
                         Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
                         Err(_) => break,
                     }
@@ -364,15 +347,15 @@ impl Drop for PendingRun {
 
 /// Refuses a supervisor that could not harden itself (its seccomp filter or
 /// no_new_privs), unless unenforced protections are allowed (then it is logged).
-fn check_hardening(hello: &Value, allow_unenforced: bool) -> Result<()> {
-    for (key, what) in [
+fn check_hardening(hello: &Hello, allow_unenforced: bool) -> Result<()> {
+    for (enforced, what) in [
         (
-            "seccomp",
+            hello.seccomp,
             "its seccomp filter (no new namespaces, keyrings, bpf, ...)",
         ),
-        ("no_new_privs", "no_new_privs"),
+        (hello.no_new_privs, "no_new_privs"),
     ] {
-        if hello[key].as_bool() == Some(true) {
+        if enforced {
             continue;
         }
         if allow_unenforced {
@@ -406,28 +389,28 @@ impl Session for AgentSession {
     }
 
     async fn ping(&self) -> Result<()> {
-        self.quick(json!({"op": "ping"})).await.map(drop)
+        self.quick(Request::Ping).await.map(drop)
     }
 
     async fn input_status(&self, code: &str) -> Result<InputStatus> {
         let reply = self
-            .quick(json!({"op": "is_complete", "code": code}))
+            .quick(Request::IsComplete {
+                code: code.to_string(),
+            })
             .await?;
-        serde_json::from_value(reply["status"].clone())
-            .map_err(|e| Error::Agent(format!("unexpected input status: {e}")))
+        reply
+            .status
+            .ok_or_else(|| Error::Agent("unexpected input status: none was given".into()))
     }
 
     async fn complete(&self, text: &str) -> Result<Vec<String>> {
         let _one_run = self.run_lock.lock().await;
-        let reply = self.quick(json!({"op": "complete", "text": text})).await?;
-        Ok(reply["matches"]
-            .as_array()
-            .map(|m| {
-                m.iter()
-                    .filter_map(|v| v.as_str().map(String::from))
-                    .collect()
+        let reply = self
+            .quick(Request::Complete {
+                text: text.to_string(),
             })
-            .unwrap_or_default())
+            .await?;
+        Ok(reply.matches)
     }
 
     async fn run_with(&self, code: &str, opts: &RunOptions) -> Result<ExecutionResult> {
@@ -447,7 +430,7 @@ impl Session for AgentSession {
         self.check_open()?;
         self.channel()
             .await
-            .request(json!({"op": "interrupt"}), QUICK_TIMEOUT)
+            .request(&Request::Interrupt, QUICK_TIMEOUT)
             .await
             .map_err(|e| Error::Agent(e.to_string()))?;
         Ok(())
@@ -457,10 +440,7 @@ impl Session for AgentSession {
         self.check_open()?;
         let _one_run = self.run_lock.lock().await;
         let channel = self.channel().await;
-        match channel
-            .request(json!({"op": "restart"}), QUICK_TIMEOUT)
-            .await
-        {
+        match channel.request(&Request::Restart, QUICK_TIMEOUT).await {
             Ok(_) => Ok(()),
             Err(_) => {
                 self.reconnect().await?;
@@ -499,31 +479,37 @@ impl Session for AgentSession {
                 self.config.max_transfer_bytes
             )));
         }
-        self.quick(json!({"op": "write_file", "path": path, "data": BASE64.encode(data)}))
-            .await?;
+        self.quick(Request::WriteFile {
+            path: FilePath::Path(path.to_string()),
+            data: BASE64.encode(data),
+            offset: None,
+            mode: None,
+        })
+        .await?;
         Ok(())
     }
 
     async fn read_file(&self, path: &str) -> Result<Vec<u8>> {
         let reply = self
-            .quick(json!({"op": "read_file", "path": path, "max_bytes": self.config.max_transfer_bytes}))
+            .quick(Request::ReadFile {
+                path: FilePath::Path(path.to_string()),
+                offset: None,
+                length: None,
+                max_bytes: self.config.max_transfer_bytes,
+            })
             .await?;
         BASE64
-            .decode(reply["data"].as_str().unwrap_or(""))
+            .decode(reply.data.unwrap_or_default())
             .map_err(|e| Error::Agent(format!("the agent sent file data that is not base64: {e}")))
     }
 
     async fn list_dir(&self, path: &str) -> Result<Vec<String>> {
-        let reply = self.quick(json!({"op": "list_dir", "path": path})).await?;
-        Ok(reply["names"]
-            .as_array()
-            .map(|names| {
-                names
-                    .iter()
-                    .filter_map(|n| n.as_str().map(String::from))
-                    .collect()
+        let reply = self
+            .quick(Request::ListDir {
+                path: FilePath::Path(path.to_string()),
             })
-            .unwrap_or_default())
+            .await?;
+        Ok(reply.names)
     }
 
     async fn create_temp_file(&self, content: &[u8], suffix: &str) -> Result<String> {
@@ -608,15 +594,24 @@ impl std::fmt::Debug for AgentSession {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    fn hello(fields: serde_json::Value) -> Hello {
+        let mut v = json!({"agent_version": AGENT_VERSION});
+        if let (Some(v), Some(f)) = (v.as_object_mut(), fields.as_object()) {
+            v.extend(f.clone());
+        }
+        serde_json::from_value(v).unwrap()
+    }
 
     #[test]
     fn a_supervisor_without_its_filter_is_refused_unless_allowed() {
-        let good = json!({"seccomp": true, "no_new_privs": true});
+        let good = hello(json!({"seccomp": true, "no_new_privs": true}));
         assert!(check_hardening(&good, false).is_ok());
         for bad in [
-            json!({"seccomp": false, "no_new_privs": true}),
-            json!({"seccomp": true, "no_new_privs": false}),
-            json!({}),
+            hello(json!({"seccomp": false, "no_new_privs": true})),
+            hello(json!({"seccomp": true, "no_new_privs": false})),
+            hello(json!({})),
         ] {
             let err = check_hardening(&bad, false).unwrap_err().to_string();
             assert!(err.contains("allow_unenforced_limits"), "{err}");

@@ -2,12 +2,11 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::json;
-
 use crate::agent;
 use crate::config::{ExposureMode, SandboxConfig, TMPFS_INODES};
 use crate::error::{Error, Result};
 use crate::limits::LimitPlan;
+use crate::protocol::AgentConfig;
 use crate::result::{
     MAX_DISPLAYS, MAX_DISPLAY_BYTES, MAX_IMAGES, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MESSAGE_CAP,
     TRACEBACK_CAP, VALUE_CAP,
@@ -271,27 +270,29 @@ impl ContainerSpec {
                 .filter(|e| e.mode == ExposureMode::ReadWrite)
                 .map(|e| e.container.clone()),
         );
-        let agent_config = json!({
-            "output_cap": config.output_cap,
-            "timeout": config.timeout.as_secs_f64(),
-            "interrupt_grace": config.interrupt_grace.as_secs_f64(),
-            "rlimits": plan.rlimits,
-            "capture_figures": config.capture_figures,
-            "workdir": config.workspace,
-            "file_roots": file_roots,
-            "pids_limit": config.pids_limit,
-            "value_cap": VALUE_CAP,
-            "message_cap": MESSAGE_CAP,
-            "traceback_cap": TRACEBACK_CAP,
-            "max_images": MAX_IMAGES,
-            "max_image_bytes": MAX_IMAGE_BYTES,
-            "max_image_pixels": MAX_IMAGE_PIXELS,
-            "max_displays": MAX_DISPLAYS,
-            "max_display_bytes": MAX_DISPLAY_BYTES,
-            "max_code_bytes": config.max_code_bytes,
-            "request_cap": request_line_limit(config),
-            "deny_syscalls": plan.denied_syscalls,
-        });
+        let agent_config = serde_json::to_value(AgentConfig {
+            output_cap: config.output_cap,
+            timeout: config.timeout.as_secs_f64(),
+            interrupt_grace: config.interrupt_grace.as_secs_f64(),
+            rlimits: plan.rlimits.clone(),
+            capture_figures: config.capture_figures,
+            workdir: config.workspace.clone(),
+            file_roots,
+            pids_limit: config.pids_limit,
+            value_cap: VALUE_CAP,
+            message_cap: MESSAGE_CAP,
+            traceback_cap: TRACEBACK_CAP,
+            max_images: MAX_IMAGES,
+            max_image_bytes: MAX_IMAGE_BYTES,
+            max_image_pixels: MAX_IMAGE_PIXELS,
+            max_displays: MAX_DISPLAYS,
+            max_display_bytes: MAX_DISPLAY_BYTES,
+            max_code_bytes: config.max_code_bytes,
+            request_cap: request_line_limit(config),
+            deny_syscalls: plan.denied_syscalls.clone(),
+            umask: None,
+        })
+        .map_err(|e| Error::Agent(format!("the agent's configuration: {e}")))?;
         Ok(ContainerSpec {
             name: format!("biocage-{session_id}"),
             image: config.image.clone(),
