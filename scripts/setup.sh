@@ -90,12 +90,24 @@ setup_podman() {
   install -d -m 0700 -o "$PODMAN_USER" -g "$PODMAN_USER" "$run" "$run/podman"
   install -d -o "$PODMAN_USER" -g "$PODMAN_USER" "$home/.config" "$home/.config/containers"
   # crun cannot run on hybrid cgroups here; no systemd, so cgroupfs and file events.
-  cat >"$home/.config/containers/containers.conf" <<CONF
+  # No session keyring per container (Podman 4.4+ honours it; see maxkeys below).
+  local conf=$home/.config/containers/containers.conf conf_before
+  conf_before=$(cat "$conf" 2>/dev/null || true)
+  cat >"$conf" <<CONF
+[containers]
+keyring = false
+
 [engine]
 runtime = "runc"
 cgroup_manager = "cgroupfs"
 events_logger = "file"
 CONF
+  # runc gives every container a session keyring charged to the user that runs Podman,
+  # and the kernel allows a non-root user 200 keys: 200 live sessions would be the cap.
+  if [ "$(sysctl -n kernel.keys.maxkeys)" -lt 20000 ]; then
+    log "raising the per-user key quota (kernel.keys.maxkeys 20000, maxbytes 2000000) for many rootless sandboxes"
+    sysctl -qw kernel.keys.maxkeys=20000 kernel.keys.maxbytes=2000000
+  fi
   # Native rootless overlay (kernel 5.13+); without this Podman may fall back to vfs,
   # which copies the whole image for every container.
   printf '[storage]\ndriver = "overlay"\n' >"$home/.config/containers/storage.conf"
@@ -107,6 +119,10 @@ CONF
     log "resetting $PODMAN_USER's Podman storage to the overlay driver (was: ${driver:-unknown})"
     pkill -u "$PODMAN_USER" -f "podman system service" || true
     as_podman_user podman system reset -f >/dev/null 2>&1 || true
+  fi
+  if [ "$conf_before" != "$(cat "$conf")" ] && pkill -u "$PODMAN_USER" -f "podman system service"; then
+    log "restarting the rootless Podman API socket: its configuration changed"
+    sleep 1
   fi
   if ! as_podman_user podman --url "unix://$sock" version >/dev/null 2>&1; then
     log "starting the rootless Podman API socket $sock (log: $LOGDIR/podman.log)"
