@@ -4,7 +4,9 @@
 #   (subuids, runtime dir, runc, API socket), and the sandbox image in both engines.
 #   With `python` (and `all`): a virtual environment with the `biocage` Python package.
 #   With `mcp` (and `all`): a virtual environment with the MCP Python SDK, for the MCP tests.
-# Fast when everything is already there. Usage: sudo scripts/setup.sh [docker|podman|python|mcp|all]
+#   With `gvisor` (and `all`): gVisor's runsc, registered with Docker (--isolation gvisor).
+# Fast when everything is already there.
+# Usage: sudo scripts/setup.sh [docker|gvisor|podman|python|mcp|all]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 what=${1:-all}
@@ -194,14 +196,42 @@ setup_mcp() {
 }
 # --- end of the MCP server tests --------------------------------------------------------
 
+# --- gVisor (runsc) for --isolation gvisor ---------------------------------------------
+# Debian's runsc, registered with Docker as biocage-gvisor (runsc --network=none: its own
+# network stack does not start on these kernels). dockerd reloads its runtimes on SIGHUP,
+# so running containers are left alone.
+setup_gvisor() {
+  setup_docker
+  apt_install runsc
+  local conf=/etc/docker/daemon.json
+  if ! docker info --format '{{json .Runtimes}}' | grep -q '"biocage-gvisor"'; then
+    log "registering runsc with Docker as biocage-gvisor ($conf)"
+    python3 - "$conf" <<'PY'
+import json, os, sys
+path = sys.argv[1]
+conf = json.load(open(path)) if os.path.exists(path) and os.path.getsize(path) else {}
+conf.setdefault("runtimes", {})["biocage-gvisor"] = {
+    "path": "/usr/bin/runsc", "runtimeArgs": ["--network=none"]}
+tmp = path + ".tmp"
+with open(tmp, "w") as f:
+    json.dump(conf, f, indent=2)
+os.replace(tmp, path)
+PY
+    pkill -HUP -x dockerd
+    wait_for 30 sh -c "docker info --format '{{json .Runtimes}}' | grep -q biocage-gvisor" \
+      || { log "dockerd did not load the biocage-gvisor runtime"; exit 1; }
+  fi
+}
+
 case "$what" in
   docker) setup_docker ;;
+  gvisor) setup_gvisor ;;
   podman) setup_docker; setup_podman ;;
   python) setup_python ;;
   mcp) setup_mcp ;;
-  all) setup_docker; setup_podman; setup_python; setup_mcp ;;
-  *) log "unknown target '$what' (docker, podman, python, mcp or all)"; exit 2 ;;
+  all) setup_docker; setup_gvisor; setup_podman; setup_python; setup_mcp ;;
+  *) log "unknown target '$what' (docker, gvisor, podman, python, mcp or all)"; exit 2 ;;
 esac
 if [ "$what" = mcp ]; then log "ready: the MCP test client in $MCP_VENV"; exit 0; fi
 if [ "$what" = python ]; then log "ready: the biocage Python package in $VENV"; exit 0; fi
-log "ready: docker $(docker version --format '{{.Server.Version}}'), image $IMAGE$( [ "$what" = docker ] || echo ", rootless podman socket unix://$(podman_env | cut -d= -f2)/podman/podman.sock")$( [ "$what" = all ] && echo ", Python package in $VENV")"
+log "ready: docker $(docker version --format '{{.Server.Version}}'), image $IMAGE$( [ "$what" = docker ] || [ "$what" = gvisor ] || echo ", rootless podman socket unix://$(podman_env | cut -d= -f2)/podman/podman.sock")$( [ "$what" = all ] && echo ", Python package in $VENV")"

@@ -170,4 +170,26 @@ pub(crate) struct SessionOpts {
     /// Start even where a limit cannot be enforced (it is reported as unenforced).
     #[arg(long)]
     pub allow_unenforced: bool,
+    /// What stands between the code and the host's kernel: a container, or gVisor's
+    /// user-space kernel as well (needs runsc registered with the engine).
+    #[arg(long, value_enum, default_value_t = IsolationChoice::Container)]
+    pub isolation: IsolationChoice,
+}
+
+/// `--isolation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum IsolationChoice {
+    /// Namespaces, cgroups and seccomp on the host's kernel.
+    Container,
+    /// gVisor (runsc) in between.
+    Gvisor,
+}
+
+impl From<IsolationChoice> for biocage_core::Isolation {
+    fn from(c: IsolationChoice) -> Self {
+        match c {
+            IsolationChoice::Container => biocage_core::Isolation::Container,
+            IsolationChoice::Gvisor => biocage_core::Isolation::Gvisor,
+        }
+    }
 }

@@ -35,7 +35,8 @@ pub(crate) fn build(opts: &SessionOpts) -> Result<SandboxConfig, CliError> {
         .pids_limit(opts.pids)
         .network(opts.network)
         .timeout(timeout)
-        .allow_unenforced_limits(opts.allow_unenforced);
+        .allow_unenforced_limits(opts.allow_unenforced)
+        .isolation(opts.isolation.into());
     for e in &opts.expose {
         let (host, target) = split_pair("--expose", e, ':', "HOST:CONTAINER")?;
         b = b.expose(absolute(host)?, target);

@@ -126,6 +126,15 @@ pub(crate) async fn doctor(cli: &Cli, image: &str) -> Result<i32, CliError> {
             if caps.rootless { "rootless" } else { "rootful" },
             caps.cgroup_version
         );
+        match &caps.gvisor_runtime {
+            Some(name) => {
+                println!("isolation: container (default); gvisor available (engine runtime {name})")
+            }
+            None => println!(
+                "isolation: container (default); gvisor not available: {}",
+                biocage_core::limits::GVISOR_HINT
+            ),
+        }
         println!("{image_line}");
         println!("limits (default configuration):");
         for l in &plan.limits {

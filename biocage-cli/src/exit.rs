@@ -35,6 +35,7 @@ impl From<Error> for CliError {
         let code = match &e {
             Error::InvalidConfig { .. }
             | Error::UnenforceableLimit { .. }
+            | Error::IsolationUnavailable { .. }
             | Error::FileTransfer(_) => USAGE,
             Error::BuildFailed { .. } => FAILED,
             _ => UNAVAILABLE,

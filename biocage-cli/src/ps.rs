@@ -15,16 +15,17 @@ fn print(cli: &Cli, list: &[SandboxSummary]) {
         return;
     }
     println!(
-        "{:<12}  {:<26}  {:<16}  {:<8}  IMAGE",
-        "CONTAINER", "NAME", "SESSION", "STATE"
+        "{:<12}  {:<26}  {:<16}  {:<8}  {:<9}  IMAGE",
+        "CONTAINER", "NAME", "SESSION", "STATE", "ISOLATION"
     );
     for s in list {
         println!(
-            "{:<12}  {:<26}  {:<16}  {:<8}  {}",
+            "{:<12}  {:<26}  {:<16}  {:<8}  {:<9}  {}",
             &s.container_id[..s.container_id.len().min(12)],
             s.name,
             s.session_id,
             s.state,
+            s.isolation,
             s.image
         );
     }

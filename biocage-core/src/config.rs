@@ -52,6 +52,36 @@ pub struct Exposure {
 }
 
 /// Everything that decides how a sandbox is made. Build one with
+/// What stands between sandbox code and the host's kernel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Isolation {
+    /// A container: namespaces, cgroups, seccomp and the agent's own filter, on the
+    /// host's kernel.
+    #[default]
+    Container,
+    /// gVisor: the container runs under the engine's `runsc` runtime, whose user-space
+    /// kernel answers the sandbox's system calls; the host kernel sees only gVisor's.
+    Gvisor,
+}
+
+impl Isolation {
+    /// Its name, as the CLI and reports spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::Container => "container",
+            Isolation::Gvisor => "gvisor",
+        }
+    }
+}
+
+impl std::fmt::Display for Isolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// [`SandboxConfig::builder`]; [`SandboxConfig::default`] is the hardened default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -66,6 +96,9 @@ pub struct SandboxConfig {
     pub pids_limit: u32,
     /// Network access; off unless asked for.
     pub network: bool,
+    /// Container, or gVisor's user-space kernel in between (see [`Isolation`]).
+    #[serde(default)]
+    pub isolation: Isolation,
     /// Default time limit of one run.
     pub timeout: Duration,
     /// How long a run may ignore the interrupt sent at its time limit before it is killed.
@@ -123,6 +156,7 @@ impl Default for SandboxConfig {
             cpus: 1.0,
             pids_limit: 256,
             network: false,
+            isolation: Isolation::Container,
             timeout: Duration::from_secs(30),
             interrupt_grace: Duration::from_secs(2),
             output_cap: 1 << 20,
@@ -362,6 +396,11 @@ impl SandboxConfigBuilder {
     /// Return matplotlib figures as PNGs (on by default).
     pub fn capture_figures(mut self, on: bool) -> Self {
         self.config.capture_figures = on;
+        self
+    }
+    /// Container or gVisor isolation.
+    pub fn isolation(mut self, isolation: Isolation) -> Self {
+        self.config.isolation = isolation;
         self
     }
     /// Start even where a limit cannot be enforced.

@@ -53,6 +53,18 @@ pub enum Error {
         /// Why not.
         reason: String,
     },
+    /// The isolation asked for is not available on this engine.
+    #[error("{isolation} isolation is not available on {engine}: {reason}. {hint}")]
+    IsolationUnavailable {
+        /// The isolation asked for.
+        isolation: crate::config::Isolation,
+        /// Engine name.
+        engine: String,
+        /// Why not.
+        reason: String,
+        /// What to install or configure.
+        hint: String,
+    },
     /// An image build failed: a package could not be installed, or the image lacks one
     /// that was asked for. The reason quotes pip's own error line when there is one.
     #[error("building {image} failed: {reason}")]

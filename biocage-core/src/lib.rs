@@ -35,7 +35,7 @@ pub mod spec;
 pub mod staging;
 pub mod uids;
 
-pub use config::{Exposure, ExposureMode, SandboxConfig, SandboxConfigBuilder};
+pub use config::{Exposure, ExposureMode, Isolation, SandboxConfig, SandboxConfigBuilder};
 pub use container::{AgentStreams, ContainerIdentity, ContainerOps};
 pub use engine::{BuildChunk, Connect, ContainerEntry, ContainerState, Engine};
 pub use engine_runtime::EngineRuntime;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::TMPFS_INODES;
-use crate::config::{ExposureMode, SandboxConfig};
+use crate::config::{ExposureMode, Isolation, SandboxConfig};
 use crate::error::{Error, Result};
 use crate::size::format_size;
 
@@ -137,6 +137,9 @@ pub struct Capabilities {
     /// How container gids map to host gids (empty: the identity).
     #[serde(default)]
     pub gid_map: Vec<IdMap>,
+    /// The engine's name for gVisor's `runsc` OCI runtime, when it has one.
+    #[serde(default)]
+    pub gvisor_runtime: Option<String>,
 }
 
 /// One range of a user-namespace id mapping.
@@ -178,6 +181,36 @@ pub struct LimitPlan {
     /// The engine applies cgroup limits (memory, pids, cpu) to the container.
     #[serde(default)]
     pub cgroup_limits: bool,
+    /// The engine's OCI runtime to run the container with (gVisor's), if not its default.
+    #[serde(default)]
+    pub oci_runtime: Option<String>,
+}
+
+/// What to do where gVisor isolation is asked for and the engine has no `runsc`.
+pub const GVISOR_HINT: &str = "Install gVisor and register it with the engine: as root, `scripts/setup.sh gvisor` (Debian's runsc, registered with Docker as `biocage-gvisor`: runsc --network=none); or use container isolation";
+
+/// The engine runtime that gives `config` its isolation on an engine with `caps`.
+fn oci_runtime(caps: &Capabilities, config: &SandboxConfig) -> Result<Option<String>> {
+    let unavailable = |reason: &str| Error::IsolationUnavailable {
+        isolation: config.isolation,
+        engine: caps.engine.clone(),
+        reason: reason.to_string(),
+        hint: GVISOR_HINT.to_string(),
+    };
+    match config.isolation {
+        Isolation::Container => Ok(None),
+        Isolation::Gvisor => {
+            let Some(name) = caps.gvisor_runtime.clone() else {
+                return Err(unavailable("the engine has no runsc runtime"));
+            };
+            if config.network {
+                return Err(unavailable(
+                    "gVisor sandboxes run without a network here (runsc --network=none: its own network stack does not start on this kernel); turn the network off",
+                ));
+            }
+            Ok(Some(name))
+        }
+    }
 }
 
 /// Address space each sandbox process may have beyond the memory limit where only
@@ -189,6 +222,8 @@ impl LimitPlan {
     /// The plan for `config` on an engine with `caps`; refuses a limit nobody can hold
     /// unless the config allows it.
     pub fn new(caps: &Capabilities, config: &SandboxConfig) -> Result<Self> {
+        let oci_runtime = oci_runtime(caps, config)?;
+        let gvisor = oci_runtime.is_some();
         let mut limits = Vec::new();
         let mut rlimits = BTreeMap::new();
         let status = |name: LimitName, value: String, enforcement, mechanism: &str| LimitStatus {
@@ -275,19 +310,32 @@ impl LimitPlan {
                 "not enforced: no cgroup cpu quota on this engine (the run timeout still bounds time)",
             ));
         }
-        if caps.tmpfs_inode_limit {
+        if caps.tmpfs_inode_limit && !gvisor {
             limits.push(status(
                 LimitName::Files,
                 format!("{TMPFS_INODES} per tmpfs"),
                 Enforcement::Engine,
                 "tmpfs nr_inodes on /tmp and the workspace",
             ));
+        } else if caps.cgroup_limits {
+            // Every file costs kernel memory (an inode and its name; under gVisor, the
+            // sentry's own memory), charged to the sandbox's memory cgroup.
+            limits.push(status(
+                LimitName::Files,
+                format!("bounded by the {} memory limit", format_size(config.memory_bytes)),
+                Enforcement::Engine,
+                if gvisor {
+                    "gVisor keeps its tmpfs files in the sandbox's memory, which the cgroup memory limit bounds (runsc ignores nr_inodes)"
+                } else {
+                    "the kernel memory of each file (inode and name) is charged to the cgroup memory limit: a file flood ends out of memory (the engine refuses tmpfs nr_inodes)"
+                },
+            ));
         } else {
             if !config.allow_unenforced_limits {
                 return Err(Error::UnenforceableLimit {
                     limit: LimitName::Files,
                     engine: caps.engine.clone(),
-                    reason: "the engine refuses the tmpfs nr_inodes option, so the number of files in /tmp and the workspace is bounded only by the kernel's default".into(),
+                    reason: "the engine refuses the tmpfs nr_inodes option and applies no memory limit, so the number of files in /tmp and the workspace is bounded only by the kernel's default".into(),
                 });
             }
             limits.push(status(
@@ -370,6 +418,7 @@ impl LimitPlan {
             denied_syscalls,
             rootless: !caps.uid_map.is_empty(),
             cgroup_limits: caps.cgroup_limits,
+            oci_runtime,
         })
     }
 
@@ -394,6 +443,7 @@ mod tests {
             tmpfs_inode_limit: cgroup_limits,
             uid_map: vec![],
             gid_map: vec![],
+            gvisor_runtime: None,
         }
     }
 

@@ -123,12 +123,15 @@ pub struct SandboxSummary {
     /// Host that made it, if labelled.
     #[serde(default)]
     pub owner_host: Option<String>,
+    /// Its isolation ("container", "gvisor"), as labelled.
+    #[serde(default)]
+    pub isolation: String,
 }
 
 impl SandboxSummary {
     /// A summary of a container the engine lists, from its BioCage labels.
     pub(crate) fn from_entry(entry: crate::engine::ContainerEntry) -> Self {
-        use crate::spec::{LABEL_OWNER_HOST, LABEL_OWNER_PID, LABEL_SESSION};
+        use crate::spec::{LABEL_ISOLATION, LABEL_OWNER_HOST, LABEL_OWNER_PID, LABEL_SESSION};
         let labels = entry.labels;
         SandboxSummary {
             container_id: entry.id,
@@ -138,6 +141,10 @@ impl SandboxSummary {
             state: entry.state.to_string(),
             owner_pid: labels.get(LABEL_OWNER_PID).and_then(|p| p.parse().ok()),
             owner_host: labels.get(LABEL_OWNER_HOST).cloned(),
+            isolation: labels
+                .get(LABEL_ISOLATION)
+                .cloned()
+                .unwrap_or_else(|| "container".into()),
         }
     }
 
@@ -163,6 +170,9 @@ pub struct SessionInfo {
     pub session_id: String,
     /// Engine name.
     pub runtime: String,
+    /// What isolates the sandbox from the host's kernel.
+    #[serde(default)]
+    pub isolation: crate::config::Isolation,
     /// Container id.
     pub container_id: String,
     /// Container name.

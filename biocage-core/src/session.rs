@@ -456,6 +456,7 @@ impl Session for AgentSession {
         Ok(SessionInfo {
             session_id: self.id.clone(),
             runtime: self.ops.engine().to_string(),
+            isolation: self.config.isolation,
             container_id: self.ops.container_id().to_string(),
             container_name: self.ops.container_name().to_string(),
             is_running: self.ops.is_running().await?,

@@ -47,6 +47,8 @@ pub const LABEL_SESSION: &str = "org.biocage.session";
 pub const LABEL_OWNER_PID: &str = "org.biocage.owner-pid";
 /// Label holding the name of the host that made the sandbox (owner pids mean nothing elsewhere).
 pub const LABEL_OWNER_HOST: &str = "org.biocage.owner-host";
+/// Label: the session's isolation ("container", "gvisor").
+pub const LABEL_ISOLATION: &str = "org.biocage.isolation";
 
 /// This host's name, as labelled on the sandboxes it makes.
 pub fn host_name() -> String {
@@ -159,6 +161,8 @@ pub struct ContainerSpec {
     pub masked_paths: Vec<String>,
     /// Kernel settings of the container's own namespaces (IPC).
     pub sysctls: BTreeMap<String, String>,
+    /// The engine's OCI runtime to use (gVisor's), or None for its default.
+    pub oci_runtime: Option<String>,
 }
 
 impl ContainerSpec {
@@ -175,6 +179,10 @@ impl ContainerSpec {
         labels.insert(LABEL_SESSION.to_string(), session_id.to_string());
         labels.insert(LABEL_OWNER_PID.to_string(), std::process::id().to_string());
         labels.insert(LABEL_OWNER_HOST.to_string(), host_name());
+        labels.insert(
+            LABEL_ISOLATION.to_string(),
+            config.isolation.as_str().to_string(),
+        );
         // cpus is validated within 0.01..=1024.
         #[allow(clippy::cast_possible_truncation)]
         let threads = config.cpus.ceil().clamp(1.0, 1024.0) as u64;
@@ -340,6 +348,7 @@ impl ContainerSpec {
                 ),
                 ("kernel.shmmni".to_string(), "64".to_string()),
             ]),
+            oci_runtime: plan.oci_runtime.clone(),
         })
     }
 }
@@ -387,6 +396,7 @@ mod tests {
             tmpfs_inode_limit: true,
             uid_map: vec![],
             gid_map: vec![],
+            gvisor_runtime: None,
         };
         LimitPlan::new(&caps, config).unwrap()
     }

@@ -60,6 +60,7 @@ pub(crate) fn create_body(
     let mut host = HostConfig {
         network_mode: Some(if spec.network { "bridge" } else { "none" }.to_string()),
         readonly_rootfs: Some(true),
+        runtime: spec.oci_runtime.clone(),
         tmpfs: Some(tmpfs),
         cap_drop: Some(vec!["ALL".to_string()]),
         security_opt: Some(vec!["no-new-privileges".to_string()]),

@@ -44,6 +44,10 @@ fn unreachable(endpoint: &str, reason: impl std::fmt::Display) -> Error {
     }
 }
 
+/// The name `scripts/setup.sh gvisor` registers gVisor's runsc under (with
+/// `--network=none`).
+pub const GVISOR_RUNTIME: &str = "biocage-gvisor";
+
 pub(crate) fn is_not_found(e: &bollard::errors::Error) -> bool {
     matches!(
         e,
@@ -136,6 +140,17 @@ impl Engine for DockerEngine {
             Some(v) if v == "1" => 1,
             _ => 0,
         };
+        // gVisor: the runtime setup registers, else any runtime that is runsc.
+        let runtimes = info.runtimes.unwrap_or_default();
+        let gvisor_runtime = if runtimes.contains_key(GVISOR_RUNTIME) {
+            Some(GVISOR_RUNTIME.to_string())
+        } else {
+            runtimes
+                .iter()
+                .filter(|(_, r)| r.path.as_deref().is_some_and(|p| p.ends_with("runsc")))
+                .map(|(name, _)| name.clone())
+                .min()
+        };
         Ok(Capabilities {
             engine: ENGINE.to_string(),
             engine_version: version.version.unwrap_or_default(),
@@ -148,6 +163,7 @@ impl Engine for DockerEngine {
             // Rootful Docker runs container uids as the same host uids.
             uid_map: Vec::new(),
             gid_map: Vec::new(),
+            gvisor_runtime,
         })
     }
 

@@ -12,7 +12,7 @@ mod body;
 mod engine;
 mod image;
 
-pub use engine::{DockerEngine, DockerRuntime};
+pub use engine::{DockerEngine, DockerRuntime, GVISOR_RUNTIME};
 
 /// Engine name used in messages and reports.
 pub const ENGINE: &str = "docker";

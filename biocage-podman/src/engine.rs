@@ -185,6 +185,9 @@ impl Engine for PodmanEngine {
             tmpfs_inode_limit: false,
             uid_map,
             gid_map,
+            // Podman takes runsc's flags (ignore-cgroups when rootless, network=none)
+            // only for the whole service, not per container: not offered.
+            gvisor_runtime: None,
         })
     }
 

@@ -93,6 +93,11 @@ async fn open_many(
     out
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 async fn throughput(sessions: &[Box<dyn Session>], window: Duration) -> f64 {
     let started = Instant::now();
     let counts = futures_util::future::join_all(sessions.iter().map(|s| async move {
@@ -210,15 +215,22 @@ async fn bench(engine: &str, sizes: &[usize]) {
     );
     s.close().await.expect("close");
 
-    // Throughput with 1, 8, 32 sessions.
+    // Throughput with 1, 8, 32 sessions: five rounds of 2 s windows, interleaved so that
+    // a noisy moment of the machine does not fall on one size only; medians of rounds.
     let many = open_many(rt.as_ref(), &config, 32).await;
-    let one = throughput(&many[..1], Duration::from_secs(3)).await;
-    let eight = throughput(&many[..8], Duration::from_secs(3)).await;
-    let all = throughput(&many, Duration::from_secs(3)).await;
+    let (mut one, mut eight, mut all) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..5 {
+        one.push(throughput(&many[..1], Duration::from_secs(2)).await);
+        eight.push(throughput(&many[..8], Duration::from_secs(2)).await);
+        all.push(throughput(&many, Duration::from_secs(2)).await);
+    }
+    let ratios: Vec<f64> = eight.iter().zip(&one).map(|(e, o)| e / o).collect();
+    let (one, eight, all) = (median(one), median(eight), median(all));
     println!(
-        "throughput of trivial runs: 1 session {one:.0}/s, 8 sessions {eight:.0}/s ({:.2}x), 32 sessions {all:.0}/s ({:.2}x)",
+        "throughput of trivial runs (median of 5 rounds): 1 session {one:.0}/s, 8 sessions {eight:.0}/s ({:.2}x), 32 sessions {all:.0}/s ({:.2}x); 8-to-1 ratio per round {}",
         eight / one,
-        all / one
+        all / one,
+        ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(" ")
     );
     for s in many {
         s.close().await.expect("close");

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+pub use crate::matrix::CONFIGURATIONS;
 use biocage_core::{Capabilities, ExecutionResult, SandboxConfig, SandboxRuntime, Session};
 
 /// The variable naming the engines that must be tested.
@@ -32,11 +33,7 @@ fn init_logs() {
 /// Connects to `engine` (by name) whatever the variable says.
 pub async fn connect(engine: &str) -> biocage_core::Result<Box<dyn SandboxRuntime>> {
     init_logs();
-    match engine {
-        "docker" => Ok(Box::new(biocage_docker::DockerRuntime::connect().await?)),
-        "podman" => Ok(Box::new(biocage_podman::PodmanRuntime::connect().await?)),
-        other => panic!("unknown engine {other:?} in the test matrix"),
-    }
+    crate::matrix::connect(engine).await
 }
 
 /// Why `engine` is not under test, or `None` when it is (BIOCAGE_TEST_ENGINES lists it).

@@ -99,8 +99,8 @@ fn all_cases() -> Vec<(&'static str, Case)> {
     ]
 }
 
-/// The engines of the matrix.
-const ENGINES: [&str; 2] = ["docker", "podman"];
+/// The configurations of the matrix.
+const ENGINES: [&str; 5] = harness::CONFIGURATIONS;
 
 fn trial(
     engine: &'static str,

@@ -1,0 +1,117 @@
+//! The configurations the suite runs against: an engine, how it is reached, and the
+//! isolation every session of it gets. `BIOCAGE_TEST_ENGINES` names them.
+
+use std::path::Path;
+
+use async_trait::async_trait;
+use biocage_core::image::{BuildOptions, BuiltImage, ImageDetails, Progress};
+use biocage_core::{
+    Capabilities, Isolation, LimitPlan, Result, SandboxConfig, SandboxRuntime, SandboxSummary,
+    Session,
+};
+use biocage_podman::{PodmanEngine, PodmanRuntime};
+
+/// Every configuration of the matrix, as `BIOCAGE_TEST_ENGINES` spells them.
+pub const CONFIGURATIONS: [&str; 5] = [
+    "docker",
+    "docker+gvisor",
+    "podman",
+    "podman5",
+    "podman5-rootful",
+];
+
+/// Where `scripts/podman5.sh up` puts the rootless Podman 5 service's socket.
+pub const PODMAN5_ROOTLESS: &str = "/run/biocage-podman5/rootless/podman.sock";
+/// Where `scripts/podman5.sh up` puts the rootful Podman 5 service's socket.
+pub const PODMAN5_ROOTFUL: &str = "/run/biocage-podman5/rootful/podman.sock";
+
+/// Connects to the configuration `name`.
+pub async fn connect(name: &str) -> Result<Box<dyn SandboxRuntime>> {
+    Ok(match name {
+        "docker" => Box::new(biocage_docker::DockerRuntime::connect().await?),
+        "docker+gvisor" => Box::new(Configured {
+            name: "docker+gvisor",
+            isolation: Isolation::Gvisor,
+            inner: Box::new(biocage_docker::DockerRuntime::connect().await?),
+        }),
+        "podman" => Box::new(PodmanRuntime::connect().await?),
+        "podman5" | "podman5-rootful" => {
+            let (name, socket) = if name == "podman5" {
+                ("podman5", PODMAN5_ROOTLESS)
+            } else {
+                ("podman5-rootful", PODMAN5_ROOTFUL)
+            };
+            let engine = PodmanEngine::connect_to(Path::new(socket)).await?;
+            Box::new(Configured {
+                name,
+                isolation: Isolation::Container,
+                inner: Box::new(PodmanRuntime::new(engine)),
+            })
+        }
+        other => panic!(
+            "unknown configuration {other:?} in the test matrix (known: {})",
+            CONFIGURATIONS.join(", ")
+        ),
+    })
+}
+
+/// A runtime under another name whose sessions all get one isolation.
+struct Configured {
+    name: &'static str,
+    isolation: Isolation,
+    inner: Box<dyn SandboxRuntime>,
+}
+
+impl Configured {
+    fn config(&self, config: &SandboxConfig) -> SandboxConfig {
+        let mut config = config.clone();
+        config.isolation = self.isolation;
+        config
+    }
+}
+
+#[async_trait]
+impl SandboxRuntime for Configured {
+    fn name(&self) -> &str {
+        self.name
+    }
+    async fn capabilities(&self) -> Result<Capabilities> {
+        self.inner.capabilities().await
+    }
+    async fn limit_plan(&self, config: &SandboxConfig) -> Result<LimitPlan> {
+        self.inner.limit_plan(&self.config(config)).await
+    }
+    async fn image_exists(&self, image: &str) -> Result<bool> {
+        self.inner.image_exists(image).await
+    }
+    async fn image_details(&self, image: &str) -> Result<Option<ImageDetails>> {
+        self.inner.image_details(image).await
+    }
+    async fn list_images(&self) -> Result<Vec<ImageDetails>> {
+        self.inner.list_images().await
+    }
+    async fn build_image(
+        &self,
+        opts: &BuildOptions,
+        progress: &mut Progress<'_>,
+    ) -> Result<BuiltImage> {
+        self.inner.build_image(opts, progress).await
+    }
+    async fn create_session(&self, config: &SandboxConfig) -> Result<Box<dyn Session>> {
+        self.inner.create_session(&self.config(config)).await
+    }
+    async fn list_sandboxes(&self) -> Result<Vec<SandboxSummary>> {
+        self.inner.list_sandboxes().await
+    }
+    async fn remove_sandbox(&self, id: &str) -> Result<()> {
+        self.inner.remove_sandbox(id).await
+    }
+}
+
+impl std::fmt::Debug for Configured {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Configured")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
