@@ -18,6 +18,46 @@ pub struct AgentStreams {
     pub stdin: Pin<Box<dyn AsyncWrite + Send>>,
 }
 
+/// One frame of an attached exec's multiplexed output, as an engine streams it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecFrame {
+    /// Bytes the process wrote to stdout.
+    Stdout(Bytes),
+    /// Bytes the process wrote to stderr.
+    Stderr(Bytes),
+    /// Anything else (an echo of stdin, a console frame).
+    Other,
+}
+
+impl AgentStreams {
+    /// The streams of an agent process from its exec's frames and stdin: stdout is the
+    /// control channel, stderr (the agent's own diagnostics) goes to the debug log.
+    pub fn from_frames<E>(
+        frames: impl futures_util::Stream<Item = std::result::Result<ExecFrame, E>> + Send + 'static,
+        stdin: Pin<Box<dyn AsyncWrite + Send>>,
+        container: String,
+    ) -> Self
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        use futures_util::StreamExt;
+        let stdout = frames
+            .filter_map(move |frame| {
+                std::future::ready(match frame {
+                    Ok(ExecFrame::Stdout(bytes)) => Some(Ok(bytes)),
+                    Ok(ExecFrame::Stderr(bytes)) => {
+                        tracing::debug!(%container, "agent stderr: {}", String::from_utf8_lossy(&bytes).trim_end());
+                        None
+                    }
+                    Ok(ExecFrame::Other) => None,
+                    Err(e) => Some(Err(io::Error::other(e))),
+                })
+            })
+            .boxed();
+        AgentStreams { stdout, stdin }
+    }
+}
+
 /// Which container a [`ContainerOps`] acts on, and as whom.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerIdentity {

@@ -97,6 +97,17 @@ pub struct BuildChunk {
     pub image_id: Option<String>,
 }
 
+impl BuildChunk {
+    /// A chunk of output `text`, a step's `error`, or the built `image_id`.
+    pub fn new(text: Option<String>, error: Option<String>, image_id: Option<String>) -> Self {
+        BuildChunk {
+            text,
+            error,
+            image_id,
+        }
+    }
+}
+
 /// The calls a container engine answers for BioCage. Everything else (planning limits,
 /// staging, the agent, sessions, orphan collection, image recipes) is the core's.
 #[async_trait]

@@ -36,7 +36,7 @@ pub mod staging;
 pub mod uids;
 
 pub use config::{Exposure, ExposureMode, Isolation, SandboxConfig, SandboxConfigBuilder};
-pub use container::{AgentStreams, ContainerIdentity, ContainerOps};
+pub use container::{AgentStreams, ContainerIdentity, ContainerOps, ExecFrame};
 pub use engine::{BuildChunk, Connect, ContainerEntry, ContainerState, Engine};
 pub use engine_runtime::EngineRuntime;
 pub use error::{Error, Result};

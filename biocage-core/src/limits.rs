@@ -235,13 +235,25 @@ impl LimitPlan {
         let memory = format_size(config.memory_bytes);
         let pids = config.pids_limit.to_string();
         let cpus = format!("{}", config.cpus);
+        if caps.cgroup_limits && gvisor {
+            // The host's cgroup holds gVisor's whole sandbox (its kernel too): at its
+            // limit the sandbox dies. Rlimits inside, below it, make a bomb fail in the
+            // interpreter first (MemoryError, EAGAIN), and the session goes on.
+            rlimits.insert("data".into(), config.memory_bytes / 4 * 3);
+            rlimits.insert("as".into(), config.memory_bytes + ADDRESS_SPACE_HEADROOM);
+            rlimits.insert("nproc".into(), u64::from(config.pids_limit / 2).max(16));
+        }
         if caps.cgroup_limits {
             let v = if caps.cgroup_version == 2 { "v2" } else { "v1" };
             limits.push(status(
                 LimitName::Memory,
                 memory.clone(),
                 Enforcement::Engine,
-                &format!("cgroup {v} memory limit (out-of-memory kill)"),
+                &if gvisor {
+                    format!("cgroup {v} memory limit of the gVisor sandbox (at it the whole sandbox is killed), and RLIMIT_DATA at 3/4 of it in the sandbox (MemoryError first)")
+                } else {
+                    format!("cgroup {v} memory limit (out-of-memory kill)")
+                },
             ));
             limits.push(status(
                 LimitName::Swap,
@@ -253,7 +265,11 @@ impl LimitPlan {
                 LimitName::Pids,
                 pids,
                 Enforcement::Engine,
-                &format!("cgroup {v} pids limit"),
+                &if gvisor {
+                    format!("cgroup {v} pids limit of the gVisor sandbox, and RLIMIT_NPROC at half of it in the sandbox (EAGAIN first)")
+                } else {
+                    format!("cgroup {v} pids limit")
+                },
             ));
             limits.push(status(
                 LimitName::Cpu,

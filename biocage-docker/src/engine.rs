@@ -2,13 +2,12 @@
 //! bollard. Images are in `image.rs`, the create body in `body.rs`.
 
 use std::collections::HashMap;
-use std::io;
 
 use async_trait::async_trait;
 use biocage_core::limits::Capabilities;
 use biocage_core::{
     AgentStreams, Connect, ContainerEntry, ContainerSpec, ContainerState, Engine, EngineRuntime,
-    Error, Result,
+    Error, ExecFrame, Result,
 };
 use bollard::container::LogOutput;
 use bollard::exec::{StartExecOptions, StartExecResults};
@@ -80,29 +79,6 @@ impl DockerEngine {
     pub fn client(&self) -> &Docker {
         &self.docker
     }
-}
-
-/// The stdout of an attached exec; its stderr goes to the debug log.
-fn agent_stdout(
-    output: impl futures_util::Stream<Item = std::result::Result<LogOutput, bollard::errors::Error>>
-        + Send
-        + 'static,
-    name: String,
-) -> futures_util::stream::BoxStream<'static, io::Result<bytes::Bytes>> {
-    output
-        .filter_map(move |frame| {
-            let item = match frame {
-                Ok(LogOutput::StdOut { message }) => Some(Ok(message)),
-                Ok(LogOutput::StdErr { message }) => {
-                    tracing::debug!(container = %name, "agent stderr: {}", String::from_utf8_lossy(&message).trim_end());
-                    None
-                }
-                Ok(_) => None,
-                Err(e) => Some(Err(io::Error::other(e))),
-            };
-            std::future::ready(item)
-        })
-        .boxed()
 }
 
 #[async_trait]
@@ -214,10 +190,16 @@ impl Engine for DockerEngine {
             .await
             .map_err(|e| failed("attaching to the agent", e))?
         {
-            StartExecResults::Attached { output, input } => Ok(AgentStreams {
-                stdout: agent_stdout(output, id.to_string()),
-                stdin: input,
-            }),
+            StartExecResults::Attached { output, input } => {
+                let frames = output.map(|frame| {
+                    frame.map(|f| match f {
+                        LogOutput::StdOut { message } => ExecFrame::Stdout(message),
+                        LogOutput::StdErr { message } => ExecFrame::Stderr(message),
+                        _ => ExecFrame::Other,
+                    })
+                });
+                Ok(AgentStreams::from_frames(frames, input, id.to_string()))
+            }
             StartExecResults::Detached => Err(Error::engine(
                 ENGINE,
                 "attaching to the agent",

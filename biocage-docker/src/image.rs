@@ -35,11 +35,12 @@ pub(crate) fn build_stream<'a>(
         .build_image(options, None, Some(bollard::body_full(context.into())))
         .map(|item| {
             let info = item.map_err(|e| Error::engine(ENGINE, "building an image", e))?;
-            Ok(BuildChunk {
-                text: info.stream,
-                error: info.error_detail.and_then(|d| d.message),
-                image_id: info.aux.and_then(|aux| aux.id),
-            })
+            let error = info.error_detail.and_then(|d| d.message);
+            Ok(BuildChunk::new(
+                info.stream,
+                error,
+                info.aux.and_then(|a| a.id),
+            ))
         })
         .boxed()
 }

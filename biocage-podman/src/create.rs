@@ -12,9 +12,20 @@ pub(crate) fn create_opts(
     spec: &ContainerSpec,
     cgroup_limits: bool,
 ) -> Result<ContainerCreateOpts> {
+    // /dev/shm as a tmpfs of our own: Podman 5 mounts its own read-only under a
+    // read-only root (it lacks podman-api's `read_write_tmpfs`), and 4.x accepts this too.
+    let shm = TmpfsMount {
+        target: "/dev/shm".into(),
+        size_bytes: spec.shm_bytes,
+        inodes: None,
+        mode: 0o1777,
+        owner: None,
+        exec: false,
+    };
     let mut mounts: Vec<ContainerMount> = spec
         .tmpfs
         .iter()
+        .chain(std::iter::once(&shm))
         .map(|t| ContainerMount {
             destination: Some(t.target.clone()),
             options: Some(tmpfs_options(t)),

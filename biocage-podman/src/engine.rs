@@ -3,7 +3,6 @@
 //! exec create/start, list, delete. Images are in `image.rs`, create options in
 //! `create.rs`.
 
-use std::io;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -11,7 +10,7 @@ use biocage_core::image::FolderBuild;
 use biocage_core::limits::Capabilities;
 use biocage_core::{
     AgentStreams, BuildChunk, Connect, ContainerEntry, ContainerSpec, ContainerState, Engine,
-    EngineRuntime, Error, IdMap, ImageDetails, Result,
+    EngineRuntime, Error, ExecFrame, IdMap, ImageDetails, Result,
 };
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
@@ -232,25 +231,18 @@ impl Engine for PodmanEngine {
             .map_err(|e| failed(format!("attaching to the agent in {id}"), e))?
             .ok_or_else(|| failed("attaching to the agent", "the exec started detached"))?;
         let (reader, writer) = mux.split();
-        let name = id.to_string();
-        let stdout = reader
-            .filter_map(move |chunk| {
-                let item = match chunk {
-                    Ok(TtyChunk::StdOut(bytes)) => Some(Ok(bytes::Bytes::from(bytes))),
-                    Ok(TtyChunk::StdErr(bytes)) => {
-                        tracing::debug!(container = %name, "agent stderr: {}", String::from_utf8_lossy(&bytes).trim_end());
-                        None
-                    }
-                    Ok(TtyChunk::StdIn(_)) => None,
-                    Err(e) => Some(Err(io::Error::other(e))),
-                };
-                std::future::ready(item)
+        let frames = reader.map(|chunk| {
+            chunk.map(|c| match c {
+                TtyChunk::StdOut(bytes) => ExecFrame::Stdout(bytes.into()),
+                TtyChunk::StdErr(bytes) => ExecFrame::Stderr(bytes.into()),
+                TtyChunk::StdIn(_) => ExecFrame::Other,
             })
-            .boxed();
-        Ok(AgentStreams {
-            stdout,
-            stdin: Box::pin(writer.compat_write()),
-        })
+        });
+        Ok(AgentStreams::from_frames(
+            frames,
+            Box::pin(writer.compat_write()),
+            id.to_string(),
+        ))
     }
 
     async fn state(&self, id: &str) -> Result<Option<ContainerState>> {

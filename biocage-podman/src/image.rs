@@ -45,10 +45,9 @@ pub(crate) fn build_stream<'a>(
         buildargs: Some(to_hash_map(&build.build_args)),
         ..Default::default()
     };
-    let chunk = |info: bollard::models::BuildInfo| BuildChunk {
-        text: info.stream,
-        error: info.error_detail.and_then(|d| d.message),
-        image_id: info.aux.and_then(|aux| aux.id),
+    let chunk = |info: bollard::models::BuildInfo| {
+        let id = info.aux.and_then(|aux| aux.id);
+        BuildChunk::new(info.stream, info.error_detail.and_then(|d| d.message), id)
     };
     compat
         .build_image(options, None, Some(bollard::body_full(context.into())))

@@ -25,6 +25,22 @@ pub const PODMAN5_ROOTLESS: &str = "/run/biocage-podman5/rootless/podman.sock";
 /// Where `scripts/podman5.sh up` puts the rootful Podman 5 service's socket.
 pub const PODMAN5_ROOTFUL: &str = "/run/biocage-podman5/rootful/podman.sock";
 
+/// The folder `scripts/podman5.sh` shares with its services at the same path: host
+/// folders that sessions bind (exposures readable by anyone are bound, not copied) must
+/// be there to exist for a nested engine.
+pub const PODMAN5_SHARED: &str = "/tmp/biocage-podman5-shared";
+
+/// Prepares this process for the configurations `selected` names: with a nested Podman 5
+/// among them, temporary folders are made where its services see them. Call first thing
+/// in `main`, before any thread starts (it sets `TMPDIR`).
+pub fn prepare(selected: &str) {
+    if selected.split(',').any(|c| c.trim().starts_with("podman5"))
+        && Path::new(PODMAN5_SHARED).is_dir()
+    {
+        std::env::set_var("TMPDIR", PODMAN5_SHARED);
+    }
+}
+
 /// Connects to the configuration `name`.
 pub async fn connect(name: &str) -> Result<Box<dyn SandboxRuntime>> {
     Ok(match name {

@@ -139,6 +139,7 @@ fn on_engine(
 }
 
 fn main() {
+    biocage_conformance::matrix::prepare(&std::env::var(harness::ENGINES_VAR).unwrap_or_default());
     let args = Arguments::from_args();
     let mut trials = Vec::new();
     for (name, case) in all_cases() {

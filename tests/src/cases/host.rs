@@ -178,7 +178,9 @@ fn walkdepth(p: &std::path::Path) -> usize {
 pub async fn sandbox_uids_are_private(rt: &dyn SandboxRuntime) {
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("secret.txt");
-    std::fs::write(&secret, "s3cret").unwrap();
+    // Unique to this case: other configurations run in parallel in this process.
+    let mark = format!("s3cret-{}", dir.path().display());
+    std::fs::write(&secret, &mark).unwrap();
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
     let config = config_builder(rt)
         .await
@@ -218,7 +220,7 @@ pub async fn sandbox_uids_are_private(rt: &dyn SandboxRuntime) {
             continue;
         }
         let m = std::fs::metadata(&copy).unwrap();
-        if std::fs::read_to_string(&copy).ok().as_deref() == Some("s3cret") || m.uid() != 0 {
+        if std::fs::read_to_string(&copy).ok().as_deref() == Some(mark.as_str()) {
             assert!(uids.contains(&m.uid()), "staged copy owned by {}", m.uid());
             assert_eq!(m.mode() & 0o077, 0, "no group or other access");
             staged += 1;
