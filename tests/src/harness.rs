@@ -102,8 +102,13 @@ pub async fn config(rt: &dyn SandboxRuntime) -> SandboxConfig {
 
 /// A builder primed like [`config`].
 pub async fn config_builder(rt: &dyn SandboxRuntime) -> biocage_core::SandboxConfigBuilder {
-    let caps = caps(rt).await;
-    SandboxConfig::builder().allow_unenforced_limits(!caps.cgroup_limits)
+    // Where the default configuration is refused for a limit the configuration cannot
+    // hold (rootless cgroup v1, gVisor's cpu), the suite starts anyway.
+    let refused = matches!(
+        rt.limit_plan(&SandboxConfig::default()).await,
+        Err(biocage_core::Error::UnenforceableLimit { .. })
+    );
+    SandboxConfig::builder().allow_unenforced_limits(refused)
 }
 
 /// The engine's capabilities.
