@@ -137,9 +137,17 @@ pub trait Engine: Send + Sync + std::fmt::Debug + 'static {
     /// The container's state; None when the engine does not hold it.
     async fn state(&self, id: &str) -> Result<Option<ContainerState>>;
 
-    /// Removes container `id` (stopping it first) with its volumes; removing one that is
-    /// already gone, or being removed, succeeds.
-    async fn remove(&self, id: &str) -> Result<()>;
+    /// Removes the container named `name` (stopping it first) with what the engine made
+    /// for it; removing one that is already gone, or being removed, succeeds. The core
+    /// passes names: they outlive a container the engine removed by itself.
+    async fn remove(&self, name: &str) -> Result<()>;
+
+    /// Removes what the engine made for containers that are gone (neither in
+    /// `live_names` nor owned by a live process); returns how many. Called by `gc`.
+    async fn remove_leftovers(&self, live_names: &[String]) -> Result<usize> {
+        let _ = live_names;
+        Ok(0)
+    }
 
     /// The containers that carry `label=value`, running or not.
     async fn list(&self, label: &str, value: &str) -> Result<Vec<ContainerEntry>>;

@@ -54,7 +54,7 @@ impl<E: Engine> EngineRuntime<E> {
     ) -> Result<Arc<dyn ContainerOps>> {
         let id = self.engine.create(spec, cgroup_limits).await?;
         if let Err(e) = self.engine.start(&id).await {
-            if let Err(rm) = self.engine.remove(&id).await {
+            if let Err(rm) = self.engine.remove(&spec.name).await {
                 tracing::warn!("removing {} after a failed start: {rm}", spec.name);
             }
             return Err(e);
@@ -128,6 +128,21 @@ impl<E: Engine> SandboxRuntime for EngineRuntime<E> {
             .collect())
     }
 
+    async fn gc(&self) -> Result<Vec<SandboxSummary>> {
+        let removed = crate::runtime::gc_sandboxes(self).await?;
+        let live: Vec<String> = self
+            .list_sandboxes()
+            .await?
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        let leftovers = self.engine.remove_leftovers(&live).await?;
+        if leftovers > 0 {
+            tracing::info!("removed {leftovers} leftovers of sandboxes that are gone");
+        }
+        Ok(removed)
+    }
+
     async fn remove_sandbox(&self, id: &str) -> Result<()> {
         // Only BioCage's own containers: a name or id of anything else is "not found".
         let managed = self.list_sandboxes().await?;
@@ -144,7 +159,7 @@ impl<E: Engine> SandboxRuntime for EngineRuntime<E> {
                 }
             });
         match found {
-            Some(s) => self.engine.remove(&s.container_id).await,
+            Some(s) => self.engine.remove(&s.name).await,
             None => Err(Error::NotFound {
                 engine: self.engine.name().to_string(),
                 what: "sandbox",
@@ -267,7 +282,7 @@ impl<E: Engine> ContainerOps for EngineContainer<E> {
     }
 
     async fn remove(&self) -> Result<()> {
-        self.engine.remove(&self.ident.id).await
+        self.engine.remove(&self.ident.name).await
     }
 }
 

@@ -45,8 +45,8 @@ pub use limits::{Capabilities, Enforcement, IdMap, LimitName, LimitPlan, LimitSt
 pub use pool::{PoolOptions, PoolStats, SessionPool};
 pub use result::{ErrorKind, ExecutionError, ExecutionResult, Image};
 pub use runtime::{
-    reap_orphans, InputStatus, RunEvent, RunOptions, SandboxRuntime, SandboxSummary, Session,
-    SessionInfo,
+    owner_alive, reap_orphans, InputStatus, RunEvent, RunOptions, SandboxRuntime, SandboxSummary,
+    Session, SessionInfo,
 };
 pub use session::AgentSession;
 pub use spec::{ContainerSpec, Rlimit, TmpfsMount, LABEL_MANAGED, LABEL_SESSION};

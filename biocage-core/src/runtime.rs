@@ -67,21 +67,27 @@ pub trait SandboxRuntime: Send + Sync {
     /// owning process no longer exists on this host, and the host-side staging folders
     /// of such processes. Returns the sandboxes removed.
     async fn gc(&self) -> Result<Vec<SandboxSummary>> {
-        let stale = tokio::task::spawn_blocking(crate::staging::remove_stale_staging)
-            .await
-            .unwrap_or(0);
-        if stale > 0 {
-            tracing::info!("removed {stale} staging folders of processes that are gone");
-        }
-        let mut removed = Vec::new();
-        for s in self.list_sandboxes().await? {
-            if s.is_orphaned() {
-                self.remove_sandbox(&s.container_id).await?;
-                removed.push(s);
-            }
-        }
-        Ok(removed)
+        gc_sandboxes(self).await
     }
+}
+
+/// What [`SandboxRuntime::gc`] does for every engine: staging folders of processes that
+/// are gone, then the orphaned sandboxes.
+pub async fn gc_sandboxes<R: SandboxRuntime + ?Sized>(rt: &R) -> Result<Vec<SandboxSummary>> {
+    let stale = tokio::task::spawn_blocking(crate::staging::remove_stale_staging)
+        .await
+        .unwrap_or(0);
+    if stale > 0 {
+        tracing::info!("removed {stale} staging folders of processes that are gone");
+    }
+    let mut removed = Vec::new();
+    for s in rt.list_sandboxes().await? {
+        if s.is_orphaned() {
+            rt.remove_sandbox(&s.container_id).await?;
+            removed.push(s);
+        }
+    }
+    Ok(removed)
 }
 
 /// Removes orphaned sandboxes (left by a host process that died), logging what it did.
@@ -152,15 +158,29 @@ impl SandboxSummary {
     /// made it (on this host) is gone. A sandbox of a live owner, or of another host, is
     /// kept even while it is still being created.
     pub fn is_orphaned(&self) -> bool {
-        if crate::engine::ContainerState::from_engine(&self.state).is_over() {
-            return true;
-        }
-        let here = self.owner_host.as_deref() == Some(crate::spec::host_name().as_str());
-        match self.owner_pid {
-            Some(pid) if here => !std::path::Path::new(&format!("/proc/{pid}")).exists(),
-            _ => false,
-        }
+        crate::engine::ContainerState::from_engine(&self.state).is_over()
+            || owner_gone(self.owner_pid, self.owner_host.as_deref())
     }
+}
+
+/// True when the process that made something (by its owner labels) ran on this host
+/// and is gone; unknown or other hosts' owners count as alive.
+fn owner_gone(pid: Option<u32>, host: Option<&str>) -> bool {
+    let here = host == Some(crate::spec::host_name().as_str());
+    match pid {
+        Some(pid) if here => !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        _ => false,
+    }
+}
+
+/// Whether the owner that BioCage's labels name (owner pid and host) may still use what
+/// carries them: false only when it ran on this host and is gone.
+pub fn owner_alive(labels: &std::collections::HashMap<String, String>) -> bool {
+    use crate::spec::{LABEL_OWNER_HOST, LABEL_OWNER_PID};
+    !owner_gone(
+        labels.get(LABEL_OWNER_PID).and_then(|p| p.parse().ok()),
+        labels.get(LABEL_OWNER_HOST).map(String::as_str),
+    )
 }
 
 /// What [`Session::info`] reports, as the reference's `get_container_info`.

@@ -2,15 +2,17 @@
 
 use biocage_core::{ContainerSpec, Result, TmpfsMount};
 use podman_api::models::{
-    ContainerMount, LinuxCpu, LinuxMemory, LinuxPids, LinuxResources, LogConfig, Namespace,
-    PosixRlimit,
+    ContainerMount, LinuxCpu, LinuxMemory, LinuxPids, LinuxResources, LogConfig, NamedVolume,
+    Namespace, PosixRlimit,
 };
 use podman_api::opts::ContainerCreateOpts;
 
 /// Create options for `spec`; cgroup limits set when the engine applies them.
+/// Tmpfs mounts whose files are limited come as `volumes` (see `volumes.rs`).
 pub(crate) fn create_opts(
     spec: &ContainerSpec,
     cgroup_limits: bool,
+    volumes: Vec<NamedVolume>,
 ) -> Result<ContainerCreateOpts> {
     // /dev/shm as a tmpfs of our own: Podman 5 mounts its own read-only under a
     // read-only root (it lacks podman-api's `read_write_tmpfs`), and 4.x accepts this too.
@@ -25,6 +27,11 @@ pub(crate) fn create_opts(
     let mut mounts: Vec<ContainerMount> = spec
         .tmpfs
         .iter()
+        .filter(|t| {
+            !volumes
+                .iter()
+                .any(|v| v.dest.as_deref() == Some(t.target.as_str()))
+        })
         .chain(std::iter::once(&shm))
         .map(|t| ContainerMount {
             destination: Some(t.target.clone()),
@@ -70,6 +77,7 @@ pub(crate) fn create_opts(
         .read_only_fs(true)
         .drop_capabilities(["ALL"])
         .mounts(mounts)
+        .volumes(volumes)
         .r_limits(rlimits)
         .shm_size(ContainerSpec::signed("shm size", spec.shm_bytes)?)
         .remove(true)

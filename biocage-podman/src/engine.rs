@@ -4,6 +4,7 @@
 //! `create.rs`.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use biocage_core::image::FolderBuild;
@@ -32,6 +33,8 @@ pub struct PodmanEngine {
     /// The same socket's Docker-compatible endpoint, for builds (see `image.rs`).
     compat: bollard::Docker,
     socket: PathBuf,
+    /// The service mounts tmpfs volumes with a file limit (found by `capabilities`).
+    inode_volumes: AtomicBool,
 }
 
 pub(crate) fn is_not_found(e: &podman_api::Error) -> bool {
@@ -95,6 +98,7 @@ impl PodmanEngine {
             podman,
             compat,
             socket: path.to_path_buf(),
+            inode_volumes: AtomicBool::new(false),
         })
     }
 
@@ -172,6 +176,8 @@ impl Engine for PodmanEngine {
             Some("v1") => 1,
             _ => 0,
         };
+        let inode_volumes = crate::volumes::probe(&self.podman).await;
+        self.inode_volumes.store(inode_volumes, Ordering::Relaxed);
         Ok(Capabilities {
             engine: ENGINE.to_string(),
             engine_version: version.version.unwrap_or_default(),
@@ -180,8 +186,8 @@ impl Engine for PodmanEngine {
             cgroup_version,
             // Rootless Podman on cgroup v1 ignores memory, pids and cpu limits.
             cgroup_limits: !(rootless && cgroup_version == 1),
-            // Podman refuses the tmpfs nr_inodes option.
-            tmpfs_inode_limit: false,
+            // Podman refuses the tmpfs nr_inodes option; tmpfs volumes take it (Podman 5).
+            tmpfs_inode_limit: inode_volumes,
             uid_map,
             gid_map,
             // Podman takes runsc's flags (ignore-cgroups when rootless, network=none)
@@ -191,13 +197,19 @@ impl Engine for PodmanEngine {
     }
 
     async fn create(&self, spec: &ContainerSpec, cgroup_limits: bool) -> Result<String> {
-        let created = self
-            .podman
-            .containers()
-            .create(&create_opts(spec, cgroup_limits)?)
-            .await
-            .map_err(|e| failed(format!("creating container {}", spec.name), e))?;
-        Ok(created.id)
+        let volumes = if self.inode_volumes.load(Ordering::Relaxed) {
+            crate::volumes::create(&self.podman, spec).await?
+        } else {
+            Vec::new()
+        };
+        let opts = create_opts(spec, cgroup_limits, volumes)?;
+        match self.podman.containers().create(&opts).await {
+            Ok(created) => Ok(created.id),
+            Err(e) => {
+                crate::volumes::remove_of(&self.podman, &spec.name).await;
+                Err(failed(format!("creating container {}", spec.name), e))
+            }
+        }
     }
 
     async fn start(&self, id: &str) -> Result<()> {
@@ -251,14 +263,22 @@ impl Engine for PodmanEngine {
             .map(|s| ContainerState::from_engine(&s)))
     }
 
-    async fn remove(&self, id: &str) -> Result<()> {
-        match self.podman.containers().get(id).remove().await {
+    async fn remove(&self, name: &str) -> Result<()> {
+        let removed = match self.podman.containers().get(name).remove().await {
             Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
             // Being removed right now (auto-removal after it stopped).
             Err(podman_api::Error::Fault { code, .. }) if code.as_u16() == 409 => Ok(()),
-            Err(e) => Err(failed(format!("removing container {id}"), e)),
+            Err(e) => Err(failed(format!("removing container {name}"), e)),
+        };
+        if removed.is_ok() && self.inode_volumes.load(Ordering::Relaxed) {
+            crate::volumes::remove_of(&self.podman, name).await;
         }
+        removed
+    }
+
+    async fn remove_leftovers(&self, live_names: &[String]) -> Result<usize> {
+        crate::volumes::remove_leftovers(&self.podman, live_names).await
     }
 
     async fn list(&self, label: &str, value: &str) -> Result<Vec<ContainerEntry>> {

@@ -13,6 +13,7 @@ mod create;
 mod engine;
 mod image;
 mod socket;
+mod volumes;
 
 pub use engine::{PodmanEngine, PodmanRuntime};
 pub use socket::discover_socket;
