@@ -5,7 +5,11 @@ cd "$(dirname "$0")/.."
 . scripts/env.sh
 rustlog=$(mktemp /tmp/biocage-bench.XXXXXX)
 trap 'rm -f "$rustlog"' EXIT
-cargo bench -p biocage-conformance --bench latency -- ${BIOCAGE_TEST_ENGINES//,/ } "$@" | tee "$rustlog"
+# gVisor beside runc when it is registered (scripts/setup.sh gvisor).
+gvisor=
+docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q biocage-gvisor && gvisor=docker+gvisor
+# shellcheck disable=SC2086 # the configurations are words
+cargo bench -p biocage-conformance --bench latency -- ${BIOCAGE_TEST_ENGINES//,/ } $gvisor "$@" | tee "$rustlog"
 # Pool, streaming, throughput, crash replacement, 100 and 200 live sessions.
 cargo bench -p biocage-conformance --bench scale -- ${BIOCAGE_TEST_ENGINES//,/ }
 # --- Python package (biocage-python/): per-run overhead of Sandbox.run from Python ------

@@ -51,6 +51,7 @@ async fn bench(engine: &str, runs: usize, cold_n: usize) {
     }
     cold.sort();
     let mut args = vec!["run", "--rm", "--network", "none"];
+    args.extend(bench::isolation_args(engine));
     args.extend(ulimits);
     args.extend([image.as_str(), "python3", "-c", "pass"]);
     let cold_base = time_cli(engine, &args, cold_n);

@@ -18,12 +18,12 @@ pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// The engines named among `args` ("docker", "podman"), else those of
-/// `BIOCAGE_TEST_ENGINES`, else docker.
+/// The configurations named among `args` ("docker", "docker+gvisor", "podman", ...; see
+/// [`crate::matrix`]), else those of `BIOCAGE_TEST_ENGINES`, else docker.
 pub fn engines(args: &[String]) -> Vec<String> {
     let named: Vec<String> = args
         .iter()
-        .filter(|a| *a == "docker" || *a == "podman")
+        .filter(|a| harness::CONFIGURATIONS.contains(&a.as_str()))
         .cloned()
         .collect();
     if !named.is_empty() {
@@ -52,19 +52,32 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
-/// The engine's command line, for baselines: Podman through the same API socket the
-/// sandboxes use (`podman --remote --url ...`).
+/// The engine's command line for configuration `engine`, for baselines: Podman through
+/// the same API socket the sandboxes use (`podman --remote --url ...`).
 pub fn engine_cli(engine: &str) -> std::process::Command {
+    let podman = |sock: std::path::PathBuf| {
+        let mut c = std::process::Command::new("podman");
+        c.args(["--remote", "--url", &format!("unix://{}", sock.display())]);
+        c
+    };
     match engine {
-        "podman" => {
-            let sock = biocage_podman::discover_socket()
+        "podman" => podman(
+            biocage_podman::discover_socket()
                 .into_iter()
                 .find(|p| p.exists())
-                .unwrap_or_default();
-            let mut c = std::process::Command::new("podman");
-            c.args(["--remote", "--url", &format!("unix://{}", sock.display())]);
-            c
-        }
+                .unwrap_or_default(),
+        ),
+        "podman5" => podman(crate::matrix::PODMAN5_ROOTLESS.into()),
+        "podman5-rootful" => podman(crate::matrix::PODMAN5_ROOTFUL.into()),
         _ => std::process::Command::new("docker"),
+    }
+}
+
+/// The `run` arguments that give a baseline container the configuration's isolation.
+pub fn isolation_args(engine: &str) -> Vec<&'static str> {
+    if engine.ends_with("+gvisor") {
+        vec!["--runtime", biocage_docker::GVISOR_RUNTIME]
+    } else {
+        Vec::new()
     }
 }
