@@ -1437,6 +1437,24 @@ def _check_path(path, config):
     return None
 
 
+def _is_entry(fd, name, dirfd):
+    """True when fd is what name in dirfd is now, and name is no symbolic link. O_NOFOLLOW
+    alone is not enough: gVisor opens a link to a folder with O_DIRECTORY | O_NOFOLLOW."""
+    opened = os.fstat(fd)
+    entry = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+    return (not stat.S_ISLNK(entry.st_mode)
+            and (entry.st_dev, entry.st_ino) == (opened.st_dev, opened.st_ino))
+
+
+def _open_dir(name, dirfd):
+    """Opens the folder name in dirfd, never through a symbolic link (ELOOP)."""
+    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dirfd)
+    if not _is_entry(fd, name, dirfd):
+        os.close(fd)
+        raise OSError(errno.ELOOP, "a symbolic link is not followed", name)
+    return fd
+
+
 def _open_nofollow(path, flags, mode=0o644):
     """Opens path walking each component with O_NOFOLLOW, so no planted symlink is followed."""
     parts = [p for p in path.split("/") if p]
@@ -1444,12 +1462,12 @@ def _open_nofollow(path, flags, mode=0o644):
     try:
         for part in parts[:-1]:
             try:
-                nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dirfd)
+                nxt = _open_dir(part, dirfd)
             except FileNotFoundError:
                 if not flags & os.O_CREAT:
                     raise
                 os.mkdir(part, 0o755, dir_fd=dirfd)
-                nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dirfd)
+                nxt = _open_dir(part, dirfd)
             os.close(dirfd)
             dirfd = nxt
         if flags & os.O_DIRECTORY and flags & os.O_CREAT:
@@ -1459,6 +1477,9 @@ def _open_nofollow(path, flags, mode=0o644):
                 pass
             flags &= ~os.O_CREAT
         fd = os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_NONBLOCK, mode, dir_fd=dirfd)
+        if not _is_entry(fd, parts[-1], dirfd):
+            os.close(fd)
+            raise OSError(errno.ELOOP, "a symbolic link is not followed", parts[-1])
         if not stat.S_ISREG(os.fstat(fd).st_mode) and not flags & os.O_DIRECTORY:
             os.close(fd)
             raise OSError(errno.EINVAL, "not a regular file (FIFOs, devices and sockets are refused)")
@@ -1610,7 +1631,7 @@ class Mirror:
                         continue
                     found[(root, child)] = ("d", entry.inode(), 0, 0, 0, 0o700)
                     try:
-                        sub = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                        sub = _open_dir(entry.name, fd)
                     except OSError:
                         continue
                     stack.append((sub, child, depth + 1, self._list(sub)))
