@@ -409,8 +409,14 @@ impl LimitPlan {
         limits.push(status(
             LimitName::Inotify,
             if caps.uid_map.is_empty() { "per session" } else { "none" }.into(),
-            Enforcement::Agent,
-            if caps.uid_map.is_empty() {
+            if gvisor {
+                Enforcement::Engine
+            } else {
+                Enforcement::Agent
+            },
+            if gvisor {
+                "gVisor's own kernel keeps them (and pseudo-terminals): no host counter is used; bounded by the sandbox's memory"
+            } else if caps.uid_map.is_empty() {
                 "counted per uid, and every session has a uid of its own"
             } else {
                 "refused by the agent's seccomp filter (a rootless engine charges them to its own host user)"

@@ -317,14 +317,17 @@ print('ptys', opened, 'inotify', len(held))
     )
     .await;
     let out = ok(&r).to_string();
-    assert!(out.contains("ptys 0 "), "{out}");
+    let info = a.info().await.unwrap();
+    // Under gVisor, pseudo-terminals and inotify are its own kernel's: the host's
+    // counters below are what must not move.
+    let own_kernel = info.isolation == biocage_core::Isolation::Gvisor;
+    assert!(own_kernel || out.contains("ptys 0 "), "{out}");
     assert_eq!(
         std::fs::read_to_string("/proc/sys/kernel/pty/nr").unwrap(),
         ptys_before,
         "the host-wide pty count did not move"
     );
     let held: usize = out.split_whitespace().last().unwrap().parse().unwrap();
-    let info = a.info().await.unwrap();
     let inotify = info.limits.iter().find(|l| l.name == "inotify").unwrap();
     let r = run(
         b.as_ref(),
@@ -335,7 +338,7 @@ print('ptys', opened, 'inotify', len(held))
         assert_eq!(held, 0, "refused on this engine: {out}");
         assert_eq!(ok(&r).trim(), "False");
     } else {
-        assert!(held <= 128, "{out}");
+        assert!(own_kernel || held <= 128, "{out}");
         assert_eq!(ok(&r).trim(), "True", "the other session still has its own");
     }
     a.close().await.unwrap();

@@ -130,10 +130,12 @@ pub async fn no_privilege(rt: &dyn SandboxRuntime) {
         r#"
 import ctypes, errno, os, subprocess
 status = dict(l.split(':\t', 1) for l in open('/proc/self/status').read().splitlines() if ':\t' in l)
-for k in ('CapEff', 'CapPrm', 'CapBnd', 'CapAmb', 'NoNewPrivs'):
-    print(k, status[k].strip())
+for k in ('CapEff', 'CapPrm', 'CapBnd', 'CapAmb'):
+    print(k, status.get(k, 'absent').strip())
 print('uid', os.getuid(), os.geteuid())
 libc = ctypes.CDLL(None, use_errno=True)
+# From the kernel itself (gVisor's /proc/self/status has no NoNewPrivs line).
+print('NoNewPrivs', libc.prctl(39, 0, 0, 0, 0))
 def sys(name, nr, *args):
     ctypes.set_errno(0)
     rc = libc.syscall(nr, *args)
@@ -196,9 +198,12 @@ if su:
         );
     }
     if let Some(line) = out.lines().find(|l| l.starts_with("i386_unshare ")) {
-        // -1 is -EPERM; a signal means the kernel has no 32-bit emulation: refused either way.
+        // -1 is -EPERM; -38 (-ENOSYS) is gVisor, which has no 32-bit system calls; a
+        // signal means the kernel has no 32-bit emulation: refused every way.
         assert!(
-            line == "i386_unshare -1" || line.starts_with("i386_unshare signal"),
+            line == "i386_unshare -1"
+                || line == "i386_unshare -38"
+                || line.starts_with("i386_unshare signal"),
             "{line}"
         );
     }
@@ -268,8 +273,10 @@ except OSError:
 
 /// Devices: no memory, kernel log or block devices; mknod fails.
 pub async fn no_devices(rt: &dyn SandboxRuntime) {
-    let out = probe(
-        rt,
+    let s = session(rt).await;
+    let gvisor = s.info().await.unwrap().isolation == biocage_core::Isolation::Gvisor;
+    let r = run(
+        s.as_ref(),
         r#"
 import os, stat, errno
 print('devices', sorted(d for d in ['mem', 'kmem', 'port', 'kmsg', 'sda', 'vda', 'nvme0n1', 'loop0', 'fuse', 'net'] if os.path.exists('/dev/' + d)))
@@ -279,14 +286,49 @@ for kind, dev in [(stat.S_IFCHR, os.makedev(1, 1)), (stat.S_IFBLK, os.makedev(8,
     try:
         os.mknod('/tmp/node', kind | 0o600, dev)
         print('MKNOD OK')
+        try:
+            os.close(os.open('/tmp/node', os.O_RDONLY))
+            print('NODE OPENED')
+        except OSError as e:
+            print('open', errno.errorcode[e.errno])
         os.remove('/tmp/node')
     except OSError as e:
         print('mknod', errno.errorcode[e.errno])
+if os.path.exists('/dev/net/tun'):
+    import fcntl, struct
+    try:
+        fd = os.open('/dev/net/tun', os.O_RDWR)
+        try:
+            fcntl.ioctl(fd, 0x400454ca, struct.pack('16sH', b'bc0', 0x0001))  # TUNSETIFF
+            print('TUN MADE')
+        except OSError as e:
+            print('tunsetiff', errno.errorcode[e.errno])
+        os.close(fd)
+    except OSError as e:
+        print('open tun', errno.errorcode[e.errno])
 "#,
     )
     .await;
-    assert!(out.contains("devices []"), "{out}");
+    let out = ok(&r).to_string();
+    s.close().await.unwrap();
     assert!(out.contains("block []"), "{out}");
+    assert!(!out.contains("NODE OPENED"), "{out}");
+    if gvisor {
+        // gVisor's own emulated devices (fuse, tun) in its own kernel; nodes made on its
+        // tmpfs reach nothing, and no tun interface can be made without privilege.
+        assert!(
+            out.lines()
+                .next()
+                .is_some_and(|l| l.strip_prefix("devices ").is_some_and(|d| d == "[]"
+                    || d == "['fuse', 'net']"
+                    || d == "['fuse']"
+                    || d == "['net']")),
+            "{out}"
+        );
+        assert!(!out.contains("TUN MADE"), "{out}");
+        return;
+    }
+    assert!(out.contains("devices []"), "{out}");
     assert!(!out.contains("MKNOD OK"), "{out}");
     assert_eq!(out.matches("mknod EPERM").count(), 2, "{out}");
 }
