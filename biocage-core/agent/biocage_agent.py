@@ -317,7 +317,12 @@ class Worker:
                 line = bytes(buf[:nl]).lstrip(b"\x06")
                 del buf[:nl + 1]
                 scanned = 0
-                self.handle(json.loads(line))
+                try:
+                    req = json.loads(line)
+                except ValueError:
+                    continue  # a line user code read part of (it can read this pipe)
+                if isinstance(req, dict):
+                    self.handle(req)
 
     def on_sigint(self, signum, frame):
         """An interrupt is for user code only: one landing after the code ended (a late
@@ -367,6 +372,10 @@ class Worker:
         return self.async_loop
 
     def handle(self, req):
+        if req.get("op") == "barrier":
+            # Back in the loop (see Supervisor.check_done): echo the supervisor's nonce.
+            self.answer({"barrier": req.get("nonce")})
+            return
         if req.get("op") == "complete":
             self.answer({"id": req["id"], "matches": self.completions(req.get("text", ""))})
             return
@@ -1180,6 +1189,10 @@ class Supervisor:
                 raw = json.loads(line)
             except ValueError:
                 continue
+            if isinstance(raw, dict) and "barrier" in raw:
+                if raw["barrier"] == self.run.get("barrier"):
+                    self.run["barrier_ok"] = True
+                continue
             if self.run.get("complete"):
                 self.run["reply"] = _valid_matches(raw, self.run["id"])
                 continue
@@ -1210,6 +1223,8 @@ class Supervisor:
         idle = _blocked_reading(self.worker["pid"])
         if idle is False:
             return
+        if idle is None and not self.barrier_passed():
+            return
         # Back in its loop: whatever the worker wrote before is in the pipe now. The
         # last reply read wins (the real one comes after any forged one).
         if not self.on_result() or self.run is None or self.run["reply"] is None:
@@ -1220,6 +1235,22 @@ class Supervisor:
             self.send({"id": reply["id"], "op": "ok", "matches": reply["matches"]})
             return
         self.finish_ok(reply)
+
+    def barrier_passed(self):
+        """Where the kernel does not say what the worker's main thread is doing (gVisor
+        has no /proc/PID/syscall): a nonce sent down the command pipe, answered only by
+        the worker's loop once the run is over. Until the answer, the run goes on."""
+        run = self.run
+        if run.get("barrier_ok"):
+            return True
+        if run.get("barrier") is None:
+            run["barrier"] = int.from_bytes(os.urandom(8), "big")
+            line = (json.dumps({"op": "barrier", "nonce": run["barrier"]}) + "\n").encode()
+            try:
+                os.write(self.worker["cmd"], line)
+            except OSError:
+                pass
+        return False
 
     # -- results
 
@@ -1358,7 +1389,7 @@ class Supervisor:
             timeout = None
             if self.run is not None:
                 timeout = max(0.0, self.run["deadline"] - time.monotonic())
-                if self.run["reply"] is not None:
+                if self.run["reply"] is not None and self.run.get("barrier") is None:
                     timeout = min(timeout, 0.0002)  # the worker is about to be back in its loop
             try:
                 ready, _, _ = select.select(fds, [], [], timeout)
