@@ -101,12 +101,12 @@ _SECCOMP_TABLE = {
     "x86_64": (0xC000003E, 272, 56, 435, {
         "keyctl": 250, "add_key": 248, "request_key": 249, "bpf": 321,
         "perf_event_open": 298, "userfaultfd": 323, "memfd_create": 319,
-        "inotify_init": 253, "inotify_init1": 294, "fanotify_init": 300,
+        "inotify_init": 253, "inotify_init1": 294, "fanotify_init": 300, "shmget": 29,
     }),
     "aarch64": (0xC00000B7, 97, 220, 435, {
         "keyctl": 219, "add_key": 217, "request_key": 218, "bpf": 280,
         "perf_event_open": 241, "userfaultfd": 282, "memfd_create": 279,
-        "inotify_init1": 26, "fanotify_init": 262,
+        "inotify_init1": 26, "fanotify_init": 262, "shmget": 194,
     }),
 }
 ALWAYS_DENIED = ("keyctl", "add_key", "request_key", "bpf", "perf_event_open", "userfaultfd")

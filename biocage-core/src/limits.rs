@@ -184,7 +184,21 @@ pub struct LimitPlan {
     /// The engine's OCI runtime to run the container with (gVisor's), if not its default.
     #[serde(default)]
     pub oci_runtime: Option<String>,
+    /// Memory the container's cgroup allows beyond the configured limit (gVisor's own).
+    #[serde(default)]
+    pub memory_headroom: u64,
+    /// Processes the container's cgroup allows beyond the configured limit (gVisor's own
+    /// threads).
+    #[serde(default)]
+    pub pids_headroom: u32,
 }
+
+/// Room the host's cgroup keeps above the memory limit for gVisor's own kernel.
+pub const GVISOR_MEMORY_HEADROOM: u64 = 256 << 20;
+
+/// Room the host's cgroup keeps above 3 times the process limit for gVisor's own
+/// threads (each sandbox process also has a host stub process of its own).
+pub const GVISOR_PIDS_HEADROOM: u32 = 256;
 
 /// What to do where gVisor isolation is asked for and the engine has no `runsc`.
 pub const GVISOR_HINT: &str = "Install gVisor and register it with the engine: as root, `scripts/setup.sh gvisor` (Debian's runsc, registered with Docker as `biocage-gvisor`: runsc --network=none); or use container isolation";
@@ -235,26 +249,41 @@ impl LimitPlan {
         let memory = format_size(config.memory_bytes);
         let pids = config.pids_limit.to_string();
         let cpus = format!("{}", config.cpus);
+        let (mut memory_headroom, mut pids_headroom) = (0, 0);
         if caps.cgroup_limits && gvisor {
-            // The host's cgroup holds gVisor's whole sandbox (its kernel too): at its
-            // limit the sandbox dies. Rlimits inside, below it, make a bomb fail in the
-            // interpreter first (MemoryError, EAGAIN), and the session goes on.
-            rlimits.insert("data".into(), config.memory_bytes / 4 * 3);
-            rlimits.insert("as".into(), config.memory_bytes + ADDRESS_SPACE_HEADROOM);
-            rlimits.insert("nproc".into(), u64::from(config.pids_limit / 2).max(16));
+            // The host's cgroup holds gVisor's whole sandbox, its kernel too: at its limit
+            // the sandbox dies. The limits themselves are held inside, by gVisor's kernel
+            // (it honours RLIMIT_AS and RLIMIT_NPROC, not RLIMIT_DATA), so that a bomb
+            // fails in the interpreter (MemoryError, EAGAIN) and the session goes on; the
+            // cgroup keeps room for gVisor's own memory and threads above them.
+            rlimits.insert("as".into(), config.memory_bytes);
+            rlimits.insert("nproc".into(), u64::from(config.pids_limit));
+            memory_headroom = GVISOR_MEMORY_HEADROOM;
+            pids_headroom = config
+                .pids_limit
+                .saturating_mul(2)
+                .saturating_add(GVISOR_PIDS_HEADROOM);
         }
         if caps.cgroup_limits {
             let v = if caps.cgroup_version == 2 { "v2" } else { "v1" };
-            limits.push(status(
-                LimitName::Memory,
-                memory.clone(),
-                Enforcement::Engine,
-                &if gvisor {
-                    format!("cgroup {v} memory limit of the gVisor sandbox (at it the whole sandbox is killed), and RLIMIT_DATA at 3/4 of it in the sandbox (MemoryError first)")
-                } else {
-                    format!("cgroup {v} memory limit (out-of-memory kill)")
-                },
-            ));
+            if gvisor {
+                limits.push(status(
+                    LimitName::Memory,
+                    memory.clone(),
+                    Enforcement::Rlimit,
+                    &format!(
+                        "each process: RLIMIT_AS at the limit in gVisor's kernel (MemoryError), memfd and SysV shared memory refused; the whole sandbox: the host's cgroup at the limit + {} for gVisor's own kernel (at it the sandbox is killed)",
+                        format_size(GVISOR_MEMORY_HEADROOM)
+                    ),
+                ));
+            } else {
+                limits.push(status(
+                    LimitName::Memory,
+                    memory.clone(),
+                    Enforcement::Engine,
+                    &format!("cgroup {v} memory limit (out-of-memory kill)"),
+                ));
+            }
             limits.push(status(
                 LimitName::Swap,
                 "none".into(),
@@ -264,9 +293,13 @@ impl LimitPlan {
             limits.push(status(
                 LimitName::Pids,
                 pids,
-                Enforcement::Engine,
+                if gvisor {
+                    Enforcement::Rlimit
+                } else {
+                    Enforcement::Engine
+                },
                 &if gvisor {
-                    format!("cgroup {v} pids limit of the gVisor sandbox, and RLIMIT_NPROC at half of it in the sandbox (EAGAIN first)")
+                    format!("RLIMIT_NPROC in gVisor's kernel (EAGAIN); the host's cgroup {v} pids limit at 3 times the limit + {GVISOR_PIDS_HEADROOM} for gVisor's own processes and threads")
                 } else {
                     format!("cgroup {v} pids limit")
                 },
@@ -422,9 +455,13 @@ impl LimitPlan {
                 "refused by the agent's seccomp filter (a rootless engine charges them to its own host user)"
             },
         ));
-        if !caps.cgroup_limits {
+        if !caps.cgroup_limits || gvisor {
             // Shared memory made with memfd is bounded by no rlimit and no tmpfs size.
             denied_syscalls.push("memfd_create".into());
+        }
+        if gvisor {
+            // gVisor ignores the IPC sysctls that bound SysV segments elsewhere.
+            denied_syscalls.push("shmget".into());
         }
         if config
             .exposures
@@ -459,6 +496,8 @@ impl LimitPlan {
             rootless: !caps.uid_map.is_empty(),
             cgroup_limits: caps.cgroup_limits,
             oci_runtime,
+            memory_headroom,
+            pids_headroom,
         })
     }
 

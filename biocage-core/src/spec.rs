@@ -207,6 +207,10 @@ impl ContainerSpec {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
+        if plan.oci_runtime.is_some() {
+            // RLIMIT_AS holds memory there: fewer malloc arenas reserve less of it.
+            env.insert("MALLOC_ARENA_MAX".into(), "2".into());
+        }
         env.extend(config.env.clone());
         let owner = parse_user(&config.user);
         let tmpfs_of =
@@ -312,9 +316,9 @@ impl ContainerSpec {
             workdir: config.workspace.clone(),
             tmpfs,
             binds,
-            memory_bytes: config.memory_bytes,
+            memory_bytes: config.memory_bytes.saturating_add(plan.memory_headroom),
             cpus: config.cpus,
-            pids_limit: config.pids_limit,
+            pids_limit: config.pids_limit.saturating_add(plan.pids_headroom),
             shm_bytes: config.shm_bytes,
             network: config.network,
             ulimits: vec![

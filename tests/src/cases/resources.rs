@@ -10,7 +10,6 @@ use crate::harness::{caps, config_builder, note_capability, ok, run, run_for, se
 /// CPU spin in several processes: the cpu limit holds (cpu time / wall time), and
 /// another session's trivial run stays fast meanwhile.
 pub async fn cpu_spin_is_bounded(rt: &dyn SandboxRuntime) {
-    let caps = caps(rt).await;
     let config = config_builder(rt).await.cpus(0.5).build().unwrap();
     let hog = rt.create_session(&config).await.unwrap();
     let other = session(rt).await;
@@ -40,7 +39,11 @@ print(f'{(t.children_user + t.children_system) / wall:.3f}')
     let (r, median) = tokio::join!(spinning, probing);
     let ratio: f64 = ok(&r).trim().parse().unwrap();
     eprintln!("{}: 4 spinning processes used {ratio:.2} cores with a 0.5 cpu limit; other session's median run {median:?}", rt.name());
-    if caps.cgroup_limits {
+    let cpu = hog.info().await.unwrap().limits;
+    let held = cpu
+        .iter()
+        .any(|l| l.name == "cpu" && l.enforcement == biocage_core::Enforcement::Engine);
+    if held {
         assert!(
             ratio < 0.5 * 1.3,
             "cpu limit 0.5 not held: {ratio:.2} cores"
