@@ -5,8 +5,9 @@
 #   With `python` (and `all`): a virtual environment with the `biocage` Python package.
 #   With `mcp` (and `all`): a virtual environment with the MCP Python SDK, for the MCP tests.
 #   With `gvisor` (and `all`): gVisor's runsc, registered with Docker (--isolation gvisor).
+#   With `podman-rootful` (and `all`): a root Podman API socket for the engine matrix.
 # Fast when everything is already there.
-# Usage: sudo scripts/setup.sh [docker|gvisor|podman|python|mcp|all]
+# Usage: sudo scripts/setup.sh [docker|gvisor|podman|podman-rootful|python|mcp|all]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 what=${1:-all}
@@ -145,6 +146,47 @@ CONF
   done
 }
 
+# --- rootful Podman (the host's 4.3), for the engine matrix ------------------------------
+# A root `podman system service` on its own socket, with the same runtime choices as the
+# rootless one (runc: crun cannot run on hybrid cgroups here) and BioCage's images.
+ROOTFUL_SOCK=/run/biocage-podman-rootful/podman.sock
+ROOTFUL_CONF=/etc/biocage/podman-rootful.conf
+setup_podman_rootful() {
+  apt_install podman runc
+  install -d -m 0755 /etc/biocage
+  install -d -m 0700 "$(dirname "$ROOTFUL_SOCK")"
+  local conf_before
+  conf_before=$(cat "$ROOTFUL_CONF" 2>/dev/null || true)
+  cat >"$ROOTFUL_CONF" <<CONF
+[containers]
+keyring = false
+
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+CONF
+  if [ "$conf_before" != "$(cat "$ROOTFUL_CONF")" ]; then
+    pkill -f "podman system service --time=0 unix://$ROOTFUL_SOCK" || true
+  fi
+  if ! podman --url "unix://$ROOTFUL_SOCK" version >/dev/null 2>&1; then
+    log "starting the rootful Podman API socket $ROOTFUL_SOCK (log: $LOGDIR/podman-rootful.log)"
+    rm -f "$ROOTFUL_SOCK"
+    CONTAINERS_CONF=$ROOTFUL_CONF setsid podman system service --time=0 "unix://$ROOTFUL_SOCK" \
+      >"$LOGDIR/podman-rootful.log" 2>&1 < /dev/null &
+    wait_for 30 podman --url "unix://$ROOTFUL_SOCK" version || { tail -20 "$LOGDIR/podman-rootful.log" >&2; log "rootful podman service did not start"; exit 1; }
+  fi
+  local img want have_id
+  for img in "$IMAGE" "$BASE_IMAGE"; do
+    want=$(docker image inspect --format '{{.Id}}' "$img")
+    have_id=$(podman --url "unix://$ROOTFUL_SOCK" image inspect --format '{{.Id}}' "$img" 2>/dev/null || true)
+    if [ "sha256:$have_id" != "$want" ] && [ "$have_id" != "$want" ]; then
+      log "copying $img into rootful Podman's storage"
+      docker save "$img" | podman --url "unix://$ROOTFUL_SOCK" load >/dev/null
+    fi
+  done
+}
+
 # --- Python package (biocage-python/) ------------------------------------------------
 # A virtual environment (BIOCAGE_VENV, default .venv at the repository root) with the
 # `biocage` module built from biocage-python/ by maturin, and the tools of its tests.
@@ -226,12 +268,13 @@ PY
 case "$what" in
   docker) setup_docker ;;
   gvisor) setup_gvisor ;;
+  podman-rootful) setup_docker; setup_podman_rootful ;;
   podman) setup_docker; setup_podman ;;
   python) setup_python ;;
   mcp) setup_mcp ;;
-  all) setup_docker; setup_gvisor; setup_podman; setup_python; setup_mcp ;;
-  *) log "unknown target '$what' (docker, gvisor, podman, python, mcp or all)"; exit 2 ;;
+  all) setup_docker; setup_gvisor; setup_podman; setup_podman_rootful; setup_python; setup_mcp ;;
+  *) log "unknown target '$what' (docker, gvisor, podman, podman-rootful, python, mcp or all)"; exit 2 ;;
 esac
 if [ "$what" = mcp ]; then log "ready: the MCP test client in $MCP_VENV"; exit 0; fi
 if [ "$what" = python ]; then log "ready: the biocage Python package in $VENV"; exit 0; fi
-log "ready: docker $(docker version --format '{{.Server.Version}}'), image $IMAGE$( [ "$what" = docker ] || [ "$what" = gvisor ] || echo ", rootless podman socket unix://$(podman_env | cut -d= -f2)/podman/podman.sock")$( [ "$what" = all ] && echo ", Python package in $VENV")"
+log "ready: docker $(docker version --format '{{.Server.Version}}'), image $IMAGE$( [ "$what" = docker ] || [ "$what" = gvisor ] || [ "$what" = podman-rootful ] || echo ", rootless podman socket unix://$(podman_env | cut -d= -f2)/podman/podman.sock")$( [ "$what" = all ] && echo ", Python package in $VENV")"

@@ -67,6 +67,7 @@ pub fn engine_cli(engine: &str) -> std::process::Command {
                 .find(|p| p.exists())
                 .unwrap_or_default(),
         ),
+        "podman-rootful" => podman(crate::matrix::PODMAN_ROOTFUL.into()),
         "podman5" => podman(crate::matrix::PODMAN5_ROOTLESS.into()),
         "podman5-rootful" => podman(crate::matrix::PODMAN5_ROOTFUL.into()),
         _ => std::process::Command::new("docker"),

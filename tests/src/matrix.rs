@@ -12,14 +12,17 @@ use biocage_core::{
 use biocage_podman::{PodmanEngine, PodmanRuntime};
 
 /// Every configuration of the matrix, as `BIOCAGE_TEST_ENGINES` spells them.
-pub const CONFIGURATIONS: [&str; 5] = [
+pub const CONFIGURATIONS: [&str; 6] = [
     "docker",
     "docker+gvisor",
     "podman",
+    "podman-rootful",
     "podman5",
     "podman5-rootful",
 ];
 
+/// Where `scripts/setup.sh podman-rootful` puts the host's rootful Podman service's socket.
+pub const PODMAN_ROOTFUL: &str = "/run/biocage-podman-rootful/podman.sock";
 /// Where `scripts/podman5.sh up` puts the rootless Podman 5 service's socket.
 pub const PODMAN5_ROOTLESS: &str = "/run/biocage-podman5/rootless/podman.sock";
 /// Where `scripts/podman5.sh up` puts the rootful Podman 5 service's socket.
@@ -51,11 +54,11 @@ pub async fn connect(name: &str) -> Result<Box<dyn SandboxRuntime>> {
             inner: Box::new(biocage_docker::DockerRuntime::connect().await?),
         }),
         "podman" => Box::new(PodmanRuntime::connect().await?),
-        "podman5" | "podman5-rootful" => {
-            let (name, socket) = if name == "podman5" {
-                ("podman5", PODMAN5_ROOTLESS)
-            } else {
-                ("podman5-rootful", PODMAN5_ROOTFUL)
+        "podman-rootful" | "podman5" | "podman5-rootful" => {
+            let (name, socket) = match name {
+                "podman-rootful" => ("podman-rootful", PODMAN_ROOTFUL),
+                "podman5" => ("podman5", PODMAN5_ROOTLESS),
+                _ => ("podman5-rootful", PODMAN5_ROOTFUL),
             };
             let engine = PodmanEngine::connect_to(Path::new(socket)).await?;
             Box::new(Configured {
