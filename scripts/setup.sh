@@ -172,7 +172,8 @@ CONF
   if ! podman --url "unix://$ROOTFUL_SOCK" version >/dev/null 2>&1; then
     log "starting the rootful Podman API socket $ROOTFUL_SOCK (log: $LOGDIR/podman-rootful.log)"
     rm -f "$ROOTFUL_SOCK"
-    CONTAINERS_CONF=$ROOTFUL_CONF setsid podman system service --time=0 "unix://$ROOTFUL_SOCK" \
+    # conmon leaves files (an "oom" marker) in the service's working directory: its own.
+    CONTAINERS_CONF=$ROOTFUL_CONF setsid env -C "$(dirname "$ROOTFUL_SOCK")" podman system service --time=0 "unix://$ROOTFUL_SOCK" \
       >"$LOGDIR/podman-rootful.log" 2>&1 < /dev/null &
     wait_for 30 podman --url "unix://$ROOTFUL_SOCK" version || { tail -20 "$LOGDIR/podman-rootful.log" >&2; log "rootful podman service did not start"; exit 1; }
   fi
