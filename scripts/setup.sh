@@ -79,6 +79,38 @@ as_podman_user() {
   runuser -u "$PODMAN_USER" -- env -C / HOME="$(getent passwd "$PODMAN_USER" | cut -d: -f6)" "$(podman_env)" "$@"
 }
 
+# Writes BioCage's containers.conf to $1 (runc: crun cannot run on hybrid cgroups here;
+# no systemd, so cgroupfs and file events; no session keyring per container, which
+# Podman 4.4+ honours). Succeeds when the file changed, so the caller restarts its service.
+write_containers_conf() {
+  local before
+  before=$(cat "$1" 2>/dev/null || true)
+  cat >"$1" <<CONF
+[containers]
+keyring = false
+
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+CONF
+  [ "$before" != "$(cat "$1")" ]
+}
+
+# Copies the sandbox images from Docker into the Podman store that the command "$@"
+# (a podman invocation) reaches, unless it already holds them with the same id.
+copy_images_to_podman() {
+  local img want have_id
+  for img in "$IMAGE" "$BASE_IMAGE"; do
+    want=$(docker image inspect --format '{{.Id}}' "$img")
+    have_id=$("$@" image inspect --format '{{.Id}}' "$img" 2>/dev/null || true)
+    if [ "sha256:$have_id" != "$want" ] && [ "$have_id" != "$want" ]; then
+      log "copying $img into Podman's storage ($*)"
+      docker save "$img" | "$@" load >/dev/null
+    fi
+  done
+}
+
 setup_podman() {
   apt_install podman uidmap slirp4netns runc
   if ! id "$PODMAN_USER" >/dev/null 2>&1; then
@@ -92,19 +124,8 @@ setup_podman() {
   run=/run/user/$uid
   install -d -m 0700 -o "$PODMAN_USER" -g "$PODMAN_USER" "$run" "$run/podman"
   install -d -o "$PODMAN_USER" -g "$PODMAN_USER" "$home/.config" "$home/.config/containers"
-  # crun cannot run on hybrid cgroups here; no systemd, so cgroupfs and file events.
-  # No session keyring per container (Podman 4.4+ honours it; see maxkeys below).
-  local conf=$home/.config/containers/containers.conf conf_before
-  conf_before=$(cat "$conf" 2>/dev/null || true)
-  cat >"$conf" <<CONF
-[containers]
-keyring = false
-
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-CONF
+  local conf=$home/.config/containers/containers.conf conf_changed=false
+  write_containers_conf "$conf" && conf_changed=true
   # runc gives every container a session keyring charged to the user that runs Podman,
   # and the kernel allows a non-root user 200 keys: 200 live sessions would be the cap.
   if [ "$(sysctl -n kernel.keys.maxkeys)" -lt 20000 ]; then
@@ -123,7 +144,7 @@ CONF
     pkill -u "$PODMAN_USER" -f "podman system service" || true
     as_podman_user podman system reset -f >/dev/null 2>&1 || true
   fi
-  if [ "$conf_before" != "$(cat "$conf")" ] && pkill -u "$PODMAN_USER" -f "podman system service"; then
+  if $conf_changed && pkill -u "$PODMAN_USER" -f "podman system service"; then
     log "restarting the rootless Podman API socket: its configuration changed"
     sleep 1
   fi
@@ -135,15 +156,7 @@ CONF
       setsid podman system service --time=0 "unix://$sock" >"$LOGDIR/podman.log" 2>&1 < /dev/null &
     wait_for 30 as_podman_user podman --url "unix://$sock" version || { tail -20 "$LOGDIR/podman.log" >&2; log "podman service did not start"; exit 1; }
   fi
-  local img want have_id
-  for img in "$IMAGE" "$BASE_IMAGE"; do
-    want=$(docker image inspect --format '{{.Id}}' "$img")
-    have_id=$(as_podman_user podman image inspect --format '{{.Id}}' "$img" 2>/dev/null || true)
-    if [ "sha256:$have_id" != "$want" ] && [ "$have_id" != "$want" ]; then
-      log "copying $img into $PODMAN_USER's Podman storage"
-      docker save "$img" | as_podman_user podman load >/dev/null
-    fi
-  done
+  copy_images_to_podman as_podman_user podman
 }
 
 # --- rootful Podman (the host's 4.3), for the engine matrix ------------------------------
@@ -155,18 +168,7 @@ setup_podman_rootful() {
   apt_install podman runc
   install -d -m 0755 /etc/biocage
   install -d -m 0700 "$(dirname "$ROOTFUL_SOCK")"
-  local conf_before
-  conf_before=$(cat "$ROOTFUL_CONF" 2>/dev/null || true)
-  cat >"$ROOTFUL_CONF" <<CONF
-[containers]
-keyring = false
-
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-CONF
-  if [ "$conf_before" != "$(cat "$ROOTFUL_CONF")" ]; then
+  if write_containers_conf "$ROOTFUL_CONF"; then
     pkill -f "podman system service --time=0 unix://$ROOTFUL_SOCK" || true
   fi
   if ! podman --url "unix://$ROOTFUL_SOCK" version >/dev/null 2>&1; then
@@ -177,15 +179,7 @@ CONF
       >"$LOGDIR/podman-rootful.log" 2>&1 < /dev/null &
     wait_for 30 podman --url "unix://$ROOTFUL_SOCK" version || { tail -20 "$LOGDIR/podman-rootful.log" >&2; log "rootful podman service did not start"; exit 1; }
   fi
-  local img want have_id
-  for img in "$IMAGE" "$BASE_IMAGE"; do
-    want=$(docker image inspect --format '{{.Id}}' "$img")
-    have_id=$(podman --url "unix://$ROOTFUL_SOCK" image inspect --format '{{.Id}}' "$img" 2>/dev/null || true)
-    if [ "sha256:$have_id" != "$want" ] && [ "$have_id" != "$want" ]; then
-      log "copying $img into rootful Podman's storage"
-      docker save "$img" | podman --url "unix://$ROOTFUL_SOCK" load >/dev/null
-    fi
-  done
+  copy_images_to_podman podman --url "unix://$ROOTFUL_SOCK"
 }
 
 # --- Python package (biocage-python/) ------------------------------------------------
