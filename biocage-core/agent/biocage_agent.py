@@ -731,6 +731,53 @@ def _blocked_reading(pid):
         return False  # "running"
 
 
+# ptrace requests and the x86_64 register slots they read (struct user_regs_struct).
+_PTRACE_GETREGS, _PTRACE_DETACH, _PTRACE_SEIZE, _PTRACE_INTERRUPT = 12, 17, 0x4206, 0x4207
+_WALL = 0x40000000
+_REG_RAX, _REG_RDI, _REG_ORIG_RAX, _REG_COUNT = 10, 14, 15, 27
+_ERESTARTSYS = 512
+
+
+def _ptrace_blocked_reading(pid):
+    """Where /proc/PID/syscall is missing (gVisor): the same question asked with ptrace.
+    The worker's main thread is stopped for a moment (PTRACE_SEIZE, PTRACE_INTERRUPT),
+    its registers say which system call it was blocked in, and it goes on (an
+    interrupted read restarts by itself). Nothing in the worker's process can answer in
+    its place, as it could to a question sent down a pipe. Returns (idle, status): idle
+    is True, False, or None where ptrace cannot say (not x86_64); status is the
+    worker's wait status when it turned out to have ended (then reaped), else None."""
+    if ctypes is None or os.uname().machine != "x86_64" or _READ_SYSCALL is None:
+        return None, None
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.ptrace.restype = ctypes.c_long
+    libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+    if libc.ptrace(_PTRACE_SEIZE, pid, None, None) != 0:
+        return False, None  # another tracer (user code's own) or gone: not shown idle
+    status, signum = None, 0
+    try:
+        if libc.ptrace(_PTRACE_INTERRUPT, pid, None, None) != 0:
+            return False, None
+        try:
+            _, status = os.waitpid(pid, _WALL)
+        except ChildProcessError:
+            return False, None
+        if not os.WIFSTOPPED(status):
+            return False, status
+        if status >> 16 == 0:
+            # A signal was on its way in: handed back on detach; asked again later.
+            signum = os.WSTOPSIG(status)
+            return False, None
+        regs = (ctypes.c_ulonglong * _REG_COUNT)()
+        if libc.ptrace(_PTRACE_GETREGS, pid, None, ctypes.byref(regs)) != 0:
+            return False, None
+        # Interrupted while blocked in read(CMD_FD): the call restarts with -ERESTARTSYS.
+        return (regs[_REG_ORIG_RAX] == _READ_SYSCALL and regs[_REG_RDI] == CMD_FD
+                and ctypes.c_longlong(regs[_REG_RAX]).value == -_ERESTARTSYS), None
+    finally:
+        if status is None or os.WIFSTOPPED(status):
+            libc.ptrace(_PTRACE_DETACH, pid, None, ctypes.c_void_p(signum))
+
+
 def _cull_if_near_limit(limit, keep):
     """Kills what a run left running once the sandbox nears its process limit (a fork
     bomb), so that the next run can start processes; the worker and its state stay.
@@ -1220,7 +1267,7 @@ class Supervisor:
         the run nor stop its clock."""
         if self.run is None or self.run["reply"] is None:
             return
-        idle = _blocked_reading(self.worker["pid"])
+        idle = self.worker_idle()
         if idle is False:
             return
         if idle is None and not self.barrier_passed():
@@ -1236,10 +1283,31 @@ class Supervisor:
             return
         self.finish_ok(reply)
 
+    def worker_idle(self):
+        """Whether the worker's main thread is blocked reading its command pipe: True,
+        False, or None where neither /proc nor ptrace can say. ptrace stops the worker
+        for a moment, so it is asked again after a growing pause (at most 20 ms)."""
+        pid = self.worker["pid"]
+        idle = _blocked_reading(pid)
+        if idle is not None:
+            return idle
+        run = self.run
+        now = time.monotonic()
+        if now < run.get("probe_at", 0.0):
+            return False
+        idle, status = _ptrace_blocked_reading(pid)
+        if status is not None:
+            self.worker["status"] = status  # reaped by the probe: on_worker_death reads it
+        if idle is False:
+            gap = min(run.get("probe_gap", 0.0001) * 2, 0.02)
+            run.update(probe_gap=gap, probe_at=now + gap)
+        return idle
+
     def barrier_passed(self):
-        """Where the kernel does not say what the worker's main thread is doing (gVisor
-        has no /proc/PID/syscall): a nonce sent down the command pipe, answered only by
-        the worker's loop once the run is over. Until the answer, the run goes on."""
+        """Where neither /proc nor ptrace says what the worker's main thread is doing
+        (gVisor on another architecture than x86_64): a nonce sent down the command
+        pipe, answered by the worker's loop once the run is over. Until the answer, the
+        run goes on. Weaker: a thread of user code can read the pipe and answer."""
         run = self.run
         if run.get("barrier_ok"):
             return True
@@ -1314,10 +1382,12 @@ class Supervisor:
     def on_worker_death(self):
         """The worker's result pipe closed: it died. Report why, start a new one."""
         pid = self.worker["pid"]
-        try:
-            _, status = os.waitpid(pid, 0)
-        except ChildProcessError:
-            status = 0
+        status = self.worker.get("status")
+        if status is None:
+            try:
+                _, status = os.waitpid(pid, 0)
+            except ChildProcessError:
+                status = 0
         run = self.run
         if run is not None:
             self.drain(discard=False)
@@ -1390,7 +1460,10 @@ class Supervisor:
             if self.run is not None:
                 timeout = max(0.0, self.run["deadline"] - time.monotonic())
                 if self.run["reply"] is not None and self.run.get("barrier") is None:
-                    timeout = min(timeout, 0.0002)  # the worker is about to be back in its loop
+                    # The worker is about to be back in its loop (or, under ptrace, is
+                    # asked again when its pause is over).
+                    pause = self.run.get("probe_at", 0.0) - time.monotonic()
+                    timeout = min(timeout, max(0.0002, pause))
             try:
                 ready, _, _ = select.select(fds, [], [], timeout)
             except InterruptedError:

@@ -191,14 +191,27 @@ pub struct LimitPlan {
     /// threads).
     #[serde(default)]
     pub pids_headroom: u32,
+    /// /tmp and the workspace are tmpfs mounts the host's kernel makes, as engine
+    /// volumes, rather than the container's runtime: gVisor's own tmpfs ignores
+    /// `nr_inodes`, the host's holds it (gVisor reaches the files through its gofer).
+    #[serde(default)]
+    pub tmpfs_volumes: bool,
 }
 
 /// Room the host's cgroup keeps above the memory limit for gVisor's own kernel.
 pub const GVISOR_MEMORY_HEADROOM: u64 = 256 << 20;
 
-/// Room the host's cgroup keeps above 3 times the process limit for gVisor's own
-/// threads (each sandbox process also has a host stub process of its own).
-pub const GVISOR_PIDS_HEADROOM: u32 = 256;
+/// How many host processes and threads the host's cgroup allows per sandbox process
+/// under gVisor: its ptrace platform gives every sandbox process a host stub process,
+/// with a host thread in it for each of gVisor's own threads that serves it, and makes
+/// more of them to tear a killed process down. Measured here (runsc 20221219): culling
+/// 62 forked processes took the sandbox past 448 host tasks, and gVisor died at its
+/// limit (`error initializing first thread: resource temporarily unavailable`).
+pub const GVISOR_PIDS_FACTOR: u32 = 8;
+
+/// Room the host's cgroup keeps beyond [`GVISOR_PIDS_FACTOR`] times the process limit
+/// for gVisor's own kernel threads.
+pub const GVISOR_PIDS_HEADROOM: u32 = 512;
 
 /// What to do where gVisor isolation is asked for and the engine has no `runsc`.
 pub const GVISOR_HINT: &str = "Install gVisor and register it with the engine: as root, `scripts/setup.sh gvisor` (Debian's runsc, registered with Docker as `biocage-gvisor`: runsc --network=none); or use container isolation";
@@ -261,7 +274,7 @@ impl LimitPlan {
             memory_headroom = GVISOR_MEMORY_HEADROOM;
             pids_headroom = config
                 .pids_limit
-                .saturating_mul(2)
+                .saturating_mul(GVISOR_PIDS_FACTOR - 1)
                 .saturating_add(GVISOR_PIDS_HEADROOM);
         }
         if caps.cgroup_limits {
@@ -299,7 +312,7 @@ impl LimitPlan {
                     Enforcement::Engine
                 },
                 &if gvisor {
-                    format!("RLIMIT_NPROC in gVisor's kernel (EAGAIN); the host's cgroup {v} pids limit at 3 times the limit + {GVISOR_PIDS_HEADROOM} for gVisor's own processes and threads")
+                    format!("RLIMIT_NPROC in gVisor's kernel (EAGAIN); the host's cgroup {v} pids limit at {GVISOR_PIDS_FACTOR} times the limit + {GVISOR_PIDS_HEADROOM} for gVisor's own processes and threads")
                 } else {
                     format!("cgroup {v} pids limit")
                 },
@@ -377,12 +390,16 @@ impl LimitPlan {
                 "not enforced: no cgroup cpu quota on this engine (the run timeout still bounds time)",
             ));
         }
-        if caps.tmpfs_inode_limit && !gvisor {
+        if caps.tmpfs_inode_limit {
             limits.push(status(
                 LimitName::Files,
                 format!("{TMPFS_INODES} per tmpfs"),
                 Enforcement::Engine,
-                "tmpfs nr_inodes on /tmp and the workspace",
+                if gvisor {
+                    "tmpfs nr_inodes on /tmp and the workspace, mounted by the host's kernel as engine volumes (gVisor's own tmpfs ignores nr_inodes)"
+                } else {
+                    "tmpfs nr_inodes on /tmp and the workspace"
+                },
             ));
         } else if caps.cgroup_limits {
             // Every file costs kernel memory (an inode and its name; under gVisor, the
@@ -391,11 +408,7 @@ impl LimitPlan {
                 LimitName::Files,
                 format!("bounded by the {} memory limit", format_size(config.memory_bytes)),
                 Enforcement::Engine,
-                if gvisor {
-                    "gVisor keeps its tmpfs files in the sandbox's memory, which the cgroup memory limit bounds (runsc ignores nr_inodes)"
-                } else {
-                    "the kernel memory of each file (inode and name) is charged to the cgroup memory limit: a file flood ends out of memory (the engine refuses tmpfs nr_inodes)"
-                },
+                "the kernel memory of each file (inode and name) is charged to the cgroup memory limit: a file flood ends out of memory (the engine refuses tmpfs nr_inodes)",
             ));
         } else {
             if !config.allow_unenforced_limits {
@@ -477,12 +490,14 @@ impl LimitPlan {
             limits.push(status(
                 LimitName::ExposureFiles,
                 format!("{} each", config.rw_exposure_files),
-                if caps.tmpfs_inode_limit {
+                if caps.tmpfs_inode_limit && !gvisor {
                     Enforcement::Engine
                 } else {
                     Enforcement::Agent
                 },
-                if caps.tmpfs_inode_limit {
+                if gvisor {
+                    "copy-back stops at the cap; inside, gVisor's own tmpfs (runsc ignores nr_inodes: the files cost the sandbox's memory, bounded by the host's cgroup)"
+                } else if caps.tmpfs_inode_limit {
                     "tmpfs nr_inodes of each read-write exposure (ENOSPC)"
                 } else {
                     "copy-back stops at the cap (the engine refuses tmpfs nr_inodes)"
@@ -495,6 +510,7 @@ impl LimitPlan {
             denied_syscalls,
             rootless: !caps.uid_map.is_empty(),
             cgroup_limits: caps.cgroup_limits,
+            tmpfs_volumes: gvisor && caps.tmpfs_inode_limit,
             oci_runtime,
             memory_headroom,
             pids_headroom,

@@ -1,6 +1,6 @@
 //! The engine-neutral description of a sandbox container, made from a config.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::agent;
 use crate::config::{ExposureMode, SandboxConfig, TMPFS_INODES};
@@ -72,6 +72,10 @@ pub struct TmpfsMount {
     pub owner: Option<(u32, u32)>,
     /// Programs may be run from it (else noexec).
     pub exec: bool,
+    /// Made by the host's kernel as an engine volume of the local driver (see
+    /// [`Self::volume_options`]), not by the container's runtime: see
+    /// [`LimitPlan::tmpfs_volumes`].
+    pub volume: bool,
 }
 
 impl TmpfsMount {
@@ -92,6 +96,16 @@ impl TmpfsMount {
             out.push(format!("gid={g}"));
         }
         out
+    }
+
+    /// The options of the engines' `local` volume driver that make a volume this tmpfs
+    /// (mounted by the host's kernel with [`Self::kernel_options`]).
+    pub fn volume_options(&self) -> HashMap<String, String> {
+        HashMap::from([
+            ("type".to_string(), "tmpfs".to_string()),
+            ("device".to_string(), "tmpfs".to_string()),
+            ("o".to_string(), self.kernel_options().join(",")),
+        ])
     }
 }
 
@@ -222,6 +236,7 @@ impl ContainerSpec {
                     mode,
                     owner: if owned { owner } else { None },
                     exec,
+                    volume: plan.tmpfs_volumes && inodes.is_some(),
                 }
             };
         let mut tmpfs = vec![
@@ -252,14 +267,18 @@ impl ContainerSpec {
             .iter()
             .filter(|e| e.mode == ExposureMode::ReadWrite)
         {
-            tmpfs.push(tmpfs_of(
+            let mut exposure = tmpfs_of(
                 &e.container,
                 config.rw_exposure_bytes,
                 Some(config.rw_exposure_files),
                 0o700,
                 true,
                 false,
-            ));
+            );
+            // The agent lists an exposure after every run: through gVisor's gofer that
+            // costs about 1 ms per entry, so exposures stay in the runtime's own tmpfs.
+            exposure.volume = false;
+            tmpfs.push(exposure);
         }
         let binds = match staging {
             Some(st) => st.binds().to_vec(),

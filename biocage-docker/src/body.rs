@@ -4,8 +4,8 @@ use std::collections::HashMap;
 
 use biocage_core::{ContainerSpec, Result};
 use bollard::models::{
-    ContainerCreateBody, HostConfig, HostConfigCgroupnsModeEnum, HostConfigLogConfig,
-    ResourcesUlimits,
+    ContainerCreateBody, HostConfig, HostConfigCgroupnsModeEnum, HostConfigLogConfig, Mount,
+    MountType, MountVolumeOptions, MountVolumeOptionsDriverConfig, ResourcesUlimits,
 };
 
 /// Docker's own masked paths (Engine 20.10): kept when the spec adds to them.
@@ -27,10 +27,28 @@ pub(crate) fn create_body(
     spec: &ContainerSpec,
     cgroup_limits: bool,
 ) -> Result<ContainerCreateBody> {
-    let tmpfs: HashMap<String, String> = spec
-        .tmpfs
+    let (volumes, tmpfs): (Vec<_>, Vec<_>) = spec.tmpfs.iter().partition(|t| t.volume);
+    let tmpfs: HashMap<String, String> = tmpfs
         .iter()
         .map(|t| (t.target.clone(), t.kernel_options().join(",")))
+        .collect();
+    // Anonymous volumes: removed with the container (auto-remove, or removal with `v`).
+    let mounts: Vec<Mount> = volumes
+        .iter()
+        .map(|t| Mount {
+            target: Some(t.target.clone()),
+            typ: Some(MountType::VOLUME),
+            volume_options: Some(MountVolumeOptions {
+                no_copy: Some(true),
+                labels: Some(spec.labels.clone().into_iter().collect()),
+                driver_config: Some(MountVolumeOptionsDriverConfig {
+                    name: Some("local".to_string()),
+                    options: Some(t.volume_options()),
+                }),
+                subpath: None,
+            }),
+            ..Default::default()
+        })
         .collect();
     let binds = spec
         .binds
@@ -72,6 +90,7 @@ pub(crate) fn create_body(
         }),
         ulimits: Some(ulimits),
         binds: (!binds.is_empty()).then_some(binds),
+        mounts: (!mounts.is_empty()).then_some(mounts),
         auto_remove: Some(true),
         ipc_mode: Some("private".to_string()),
         // The sandbox sees its own cgroup as the root, nothing of the host's hierarchy.

@@ -13,7 +13,7 @@ use bollard::container::LogOutput;
 use bollard::exec::{StartExecOptions, StartExecResults};
 use bollard::models::ExecConfig;
 use bollard::query_parameters::{
-    CreateContainerOptions, ListContainersOptions, RemoveContainerOptions,
+    CreateContainerOptions, ListContainersOptions, PruneVolumesOptions, RemoveContainerOptions,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
@@ -237,6 +237,23 @@ impl Engine for DockerEngine {
             }) => Ok(()),
             Err(e) => Err(Error::engine(ENGINE, format!("removing container {id}"), e)),
         }
+    }
+
+    /// The tmpfs volumes of gVisor sessions (anonymous, removed with their container)
+    /// that a container removal left behind: pruned, as no container uses them.
+    async fn remove_leftovers(&self, _live_names: &[String]) -> Result<usize> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("{}=true", biocage_core::LABEL_MANAGED)],
+        )]);
+        let pruned = self
+            .docker
+            .prune_volumes(Some(PruneVolumesOptions {
+                filters: Some(filters),
+            }))
+            .await
+            .map_err(|e| Error::engine(ENGINE, "pruning unused BioCage volumes", e))?;
+        Ok(pruned.volumes_deleted.map_or(0, |v| v.len()))
     }
 
     async fn list(&self, label: &str, value: &str) -> Result<Vec<ContainerEntry>> {

@@ -23,6 +23,7 @@ pub(crate) fn create_opts(
         mode: 0o1777,
         owner: None,
         exec: false,
+        volume: false,
     };
     let mut mounts: Vec<ContainerMount> = spec
         .tmpfs
@@ -174,6 +175,7 @@ mod tests {
             mode: 0o700,
             owner: Some((1000, 1000)),
             exec: true,
+            volume: false,
         };
         assert_eq!(
             tmpfs_options(&t),

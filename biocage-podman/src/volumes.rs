@@ -54,6 +54,7 @@ pub(crate) async fn probe(podman: &Podman) -> bool {
         mode: 0o700,
         owner: None,
         exec: false,
+        volume: false,
     };
     let opts = VolumeCreateOpts::builder()
         .name(&name)
@@ -164,6 +165,7 @@ mod tests {
             mode: 0o700,
             owner: Some((10000, 10000)),
             exec: true,
+            volume: false,
         };
         let o = driver_options(&t);
         assert_eq!(o["type"], "tmpfs");

@@ -81,12 +81,15 @@ print('json ok', json.dumps({'a': 1}))
     s.close().await.unwrap();
 }
 
-/// User code writes a forged reply onto the interpreter's result pipe: the supervisor
-/// validates and caps it, keeps timing the run, and the run's traceback stays in its run.
+/// User code writes a forged reply onto the interpreter's result pipe, and a thread of
+/// its own reads the command pipe to answer whatever the supervisor asks there (so that
+/// no question about where the interpreter is can be answered from inside it): the
+/// supervisor validates and caps the reply, keeps timing the run, and the run's
+/// traceback stays in its run.
 pub async fn forged_results_are_not_trusted(rt: &dyn SandboxRuntime) {
     let s = session(rt).await;
     let forge = r#"
-import json, os, sys, time, base64
+import json, os, sys, time, base64, select, threading
 f = sys._getframe()
 rid = None
 while f is not None:
@@ -95,6 +98,21 @@ while f is not None:
     f = f.f_back
 fake = {"id": rid, "error": None, "value": "V" * (5 << 20), "culled": 99,
         "images": [{"mime": "text/html", "data": base64.b64encode(b"<script>x</script>").decode()}]}
+def answer_for_the_loop():
+    # Until just before the run's time limit: later it would take the next run's request.
+    end = time.monotonic() + 1.2
+    while time.monotonic() < end:
+        if not select.select([200], [], [], max(0, end - time.monotonic()))[0]:
+            break
+        for line in os.read(200, 1 << 16).splitlines():
+            try:
+                req = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(req, dict) and "nonce" in req:
+                os.write(201, (json.dumps({"barrier": req["nonce"]}) + "\n").encode())
+                os.write(201, (json.dumps(fake) + "\n").encode())
+threading.Thread(target=answer_for_the_loop, daemon=True).start()
 for fd in (201,):
     try:
         os.write(fd, (json.dumps(fake) + "\n").encode())
