@@ -82,6 +82,9 @@ as_podman_user() {
 # Writes BioCage's containers.conf to $1 (runc: crun cannot run on hybrid cgroups here;
 # no systemd, so cgroupfs and file events; no session keyring per container, which
 # Podman 4.4+ honours). Succeeds when the file changed, so the caller restarts its service.
+# gVisor's runsc as Podman runs it (scripts/setup.sh gvisor): registered as biocage-gvisor.
+RUNSC_FOR_PODMAN=/usr/local/lib/biocage/runsc-gvisor
+
 write_containers_conf() {
   local before
   before=$(cat "$1" 2>/dev/null || true)
@@ -94,6 +97,9 @@ runtime = "runc"
 cgroup_manager = "cgroupfs"
 events_logger = "file"
 CONF
+  if [ -x "$RUNSC_FOR_PODMAN" ]; then
+    printf '\n[engine.runtimes]\nbiocage-gvisor = ["%s"]\n' "$RUNSC_FOR_PODMAN" >>"$1"
+  fi
   [ "$before" != "$(cat "$1")" ]
 }
 
@@ -240,6 +246,21 @@ setup_mcp() {
 setup_gvisor() {
   setup_docker
   apt_install runsc
+  # For Podman, which takes no runtime flags per runtime: runsc without a network (its
+  # own network stack does not start on this kernel), without runc's --no-new-keyring
+  # (containers.conf keyring = false), and, inside a rootless engine's user namespace,
+  # without cgroups (a rootless engine has none to give on cgroup v1).
+  install -d -m 0755 "$(dirname "$RUNSC_FOR_PODMAN")"
+  cat >"$RUNSC_FOR_PODMAN.tmp" <<'SH'
+#!/bin/sh
+for a; do shift; [ "$a" = --no-new-keyring ] || set -- "$@" "$a"; done
+if grep -qE '^ +0 +0 +4294967295$' /proc/self/uid_map; then
+  exec /usr/bin/runsc --network=none "$@"
+fi
+exec /usr/bin/runsc --network=none --ignore-cgroups "$@"
+SH
+  chmod 0755 "$RUNSC_FOR_PODMAN.tmp"
+  mv "$RUNSC_FOR_PODMAN.tmp" "$RUNSC_FOR_PODMAN"
   local conf=/etc/docker/daemon.json
   if ! docker info --format '{{json .Runtimes}}' | grep -q '"biocage-gvisor"'; then
     log "registering runsc with Docker as biocage-gvisor ($conf)"

@@ -213,8 +213,12 @@ pub const GVISOR_PIDS_FACTOR: u32 = 8;
 /// for gVisor's own kernel threads.
 pub const GVISOR_PIDS_HEADROOM: u32 = 512;
 
+/// The name `scripts/setup.sh gvisor` registers gVisor's runsc under, with Docker
+/// (`--network=none`) and with Podman (a wrapper that adds the flags Podman cannot pass).
+pub const GVISOR_RUNTIME: &str = "biocage-gvisor";
+
 /// What to do where gVisor isolation is asked for and the engine has no `runsc`.
-pub const GVISOR_HINT: &str = "Install gVisor and register it with the engine: as root, `scripts/setup.sh gvisor` (Debian's runsc, registered with Docker as `biocage-gvisor`: runsc --network=none); or use container isolation";
+pub const GVISOR_HINT: &str = "Install gVisor and register it with the engine: as root, `scripts/setup.sh gvisor` then `scripts/setup.sh podman` or `podman-rootful` for Podman (Debian's runsc, registered as `biocage-gvisor`: with Docker in daemon.json, with Podman in containers.conf [engine.runtimes]); or use container isolation";
 
 /// The engine runtime that gives `config` its isolation on an engine with `caps`.
 fn oci_runtime(caps: &Capabilities, config: &SandboxConfig) -> Result<Option<String>> {
@@ -408,7 +412,11 @@ impl LimitPlan {
                 LimitName::Files,
                 format!("bounded by the {} memory limit", format_size(config.memory_bytes)),
                 Enforcement::Engine,
-                "the kernel memory of each file (inode and name) is charged to the cgroup memory limit: a file flood ends out of memory (the engine refuses tmpfs nr_inodes)",
+                if gvisor {
+                    "gVisor's own tmpfs keeps each file in gVisor's memory, inside the host's cgroup memory limit: a flood of files ends the whole sandbox (the engine refuses tmpfs nr_inodes, runsc ignores it)"
+                } else {
+                    "the kernel memory of each file (inode and name) is charged to the cgroup memory limit: a file flood ends out of memory (the engine refuses tmpfs nr_inodes)"
+                },
             ));
         } else {
             if !config.allow_unenforced_limits {

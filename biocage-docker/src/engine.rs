@@ -43,9 +43,7 @@ fn unreachable(endpoint: &str, reason: impl std::fmt::Display) -> Error {
     }
 }
 
-/// The name `scripts/setup.sh gvisor` registers gVisor's runsc under (with
-/// `--network=none`).
-pub const GVISOR_RUNTIME: &str = "biocage-gvisor";
+pub use biocage_core::limits::GVISOR_RUNTIME;
 
 pub(crate) fn is_not_found(e: &bollard::errors::Error) -> bool {
     matches!(

@@ -98,6 +98,9 @@ pub(crate) fn create_opts(
             nsmode: Some("private".into()),
             value: None,
         });
+    if let Some(runtime) = &spec.oci_runtime {
+        b = b.oci_runtime(runtime);
+    }
     if !spec.network {
         b = b.net_namespace(Namespace {
             nsmode: Some("none".into()),

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use biocage_core::image::FolderBuild;
-use biocage_core::limits::Capabilities;
+use biocage_core::limits::{Capabilities, GVISOR_RUNTIME};
 use biocage_core::{
     AgentStreams, BuildChunk, Connect, ContainerEntry, ContainerSpec, ContainerState, Engine,
     EngineRuntime, Error, ExecFrame, IdMap, ImageDetails, Result,
@@ -178,6 +178,7 @@ impl Engine for PodmanEngine {
         };
         let inode_volumes = crate::volumes::probe(&self.podman).await;
         self.inode_volumes.store(inode_volumes, Ordering::Relaxed);
+        let gvisor = crate::gvisor::probe(&self.podman).await;
         Ok(Capabilities {
             engine: ENGINE.to_string(),
             engine_version: version.version.unwrap_or_default(),
@@ -190,9 +191,8 @@ impl Engine for PodmanEngine {
             tmpfs_inode_limit: inode_volumes,
             uid_map,
             gid_map,
-            // Podman takes runsc's flags (ignore-cgroups when rootless, network=none)
-            // only for the whole service, not per container: not offered.
-            gvisor_runtime: None,
+            // Registered by scripts/setup.sh (containers.conf), runsc's flags in a wrapper.
+            gvisor_runtime: gvisor.then(|| GVISOR_RUNTIME.to_string()),
         })
     }
 

@@ -11,6 +11,7 @@
 
 mod create;
 mod engine;
+mod gvisor;
 mod image;
 mod socket;
 mod volumes;

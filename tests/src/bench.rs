@@ -60,7 +60,7 @@ pub fn engine_cli(engine: &str) -> std::process::Command {
         c.args(["--remote", "--url", &format!("unix://{}", sock.display())]);
         c
     };
-    match engine {
+    match engine.trim_end_matches("+gvisor") {
         "podman" => podman(
             biocage_podman::discover_socket()
                 .into_iter()

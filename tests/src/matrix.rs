@@ -11,12 +11,15 @@ use biocage_core::{
 };
 use biocage_podman::{PodmanEngine, PodmanRuntime};
 
-/// Every configuration of the matrix, as `BIOCAGE_TEST_ENGINES` spells them.
-pub const CONFIGURATIONS: [&str; 6] = [
+/// Every configuration of the matrix, as `BIOCAGE_TEST_ENGINES` spells them: an engine,
+/// and `+gvisor` where every session of it runs under gVisor's runsc.
+pub const CONFIGURATIONS: [&str; 8] = [
     "docker",
     "docker+gvisor",
     "podman",
+    "podman+gvisor",
     "podman-rootful",
+    "podman-rootful+gvisor",
     "podman5",
     "podman5-rootful",
 ];
@@ -46,32 +49,39 @@ pub fn prepare(selected: &str) {
 
 /// Connects to the configuration `name`.
 pub async fn connect(name: &str) -> Result<Box<dyn SandboxRuntime>> {
-    Ok(match name {
-        "docker" => Box::new(biocage_docker::DockerRuntime::connect().await?),
-        "docker+gvisor" => Box::new(Configured {
-            name: "docker+gvisor",
-            isolation: Isolation::Gvisor,
-            inner: Box::new(biocage_docker::DockerRuntime::connect().await?),
-        }),
-        "podman" => Box::new(PodmanRuntime::connect().await?),
-        "podman-rootful" | "podman5" | "podman5-rootful" => {
-            let (name, socket) = match name {
-                "podman-rootful" => ("podman-rootful", PODMAN_ROOTFUL),
-                "podman5" => ("podman5", PODMAN5_ROOTLESS),
-                _ => ("podman5-rootful", PODMAN5_ROOTFUL),
-            };
-            let engine = PodmanEngine::connect_to(Path::new(socket)).await?;
-            Box::new(Configured {
-                name,
-                isolation: Isolation::Container,
-                inner: Box::new(PodmanRuntime::new(engine)),
-            })
-        }
-        other => panic!(
-            "unknown configuration {other:?} in the test matrix (known: {})",
+    let Some(&name) = CONFIGURATIONS.iter().find(|c| **c == name) else {
+        panic!(
+            "unknown configuration {name:?} in the test matrix (known: {})",
             CONFIGURATIONS.join(", ")
-        ),
-    })
+        )
+    };
+    let (engine, isolation) = match name.strip_suffix("+gvisor") {
+        Some(engine) => (engine, Isolation::Gvisor),
+        None => (name, Isolation::Container),
+    };
+    let inner: Box<dyn SandboxRuntime> = match engine {
+        "docker" => Box::new(biocage_docker::DockerRuntime::connect().await?),
+        "podman" => Box::new(PodmanRuntime::connect().await?),
+        _ => {
+            let socket = match engine {
+                "podman-rootful" => PODMAN_ROOTFUL,
+                "podman5" => PODMAN5_ROOTLESS,
+                _ => PODMAN5_ROOTFUL,
+            };
+            Box::new(PodmanRuntime::new(
+                PodmanEngine::connect_to(Path::new(socket)).await?,
+            ))
+        }
+    };
+    if name == "docker" || name == "podman" {
+        // The plain engines as they are: cases may ask them for any isolation.
+        return Ok(inner);
+    }
+    Ok(Box::new(Configured {
+        name,
+        isolation,
+        inner,
+    }))
 }
 
 /// A runtime under another name whose sessions all get one isolation.

@@ -100,7 +100,7 @@ fn all_cases() -> Vec<(&'static str, Case)> {
 }
 
 /// The configurations of the matrix.
-const ENGINES: [&str; 6] = harness::CONFIGURATIONS;
+const ENGINES: [&str; 8] = harness::CONFIGURATIONS;
 
 fn trial(
     engine: &'static str,

@@ -15,7 +15,8 @@ pub async fn limits_are_reported(rt: &dyn SandboxRuntime) {
             .find(|l| l.name == n)
             .unwrap_or_else(|| panic!("no {n} limit"))
     };
-    let gvisor = info.isolation == biocage_core::Isolation::Gvisor;
+    // Without cgroups (rootless Podman on cgroup v1) gVisor is held as runc is there.
+    let gvisor = info.isolation == biocage_core::Isolation::Gvisor && caps.cgroup_limits;
     let (memory, pids) = if gvisor {
         // gVisor's kernel holds them per process (the host's cgroup, above, the sandbox).
         (Enforcement::Rlimit, Enforcement::Rlimit)
