@@ -738,44 +738,52 @@ _REG_RAX, _REG_RDI, _REG_ORIG_RAX, _REG_COUNT = 10, 14, 15, 27
 _ERESTARTSYS = 512
 
 
-def _ptrace_blocked_reading(pid):
+def _ptrace_blocked_reading(pid, asked=False, wait=0.05):
     """Where /proc/PID/syscall is missing (gVisor): the same question asked with ptrace.
     The worker's main thread is stopped for a moment (PTRACE_SEIZE, PTRACE_INTERRUPT),
     its registers say which system call it was blocked in, and it goes on (an
     interrupted read restarts by itself). Nothing in the worker's process can answer in
-    its place, as it could to a question sent down a pipe. Returns (idle, status): idle
-    is True, False, or None where ptrace cannot say (not x86_64); status is the
-    worker's wait status when it turned out to have ended (then reaped), else None."""
+    its place, as it could to a question sent down a pipe. A thread in a wait that no
+    stop interrupts (a vfork's) stops only later: the stop is waited for `wait` seconds
+    at most, and with `asked` a later call takes it up instead of asking again.
+
+    Returns (idle, status, asked): idle is True, False, or None where ptrace cannot say
+    (not x86_64); status is the worker's wait status when it turned out to have ended
+    (it is then reaped), else None; asked is whether a stop is still to come."""
     if ctypes is None or os.uname().machine != "x86_64" or _READ_SYSCALL is None:
-        return None, None
+        return None, None, False
     libc = ctypes.CDLL(None, use_errno=True)
     libc.ptrace.restype = ctypes.c_long
     libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
-    if libc.ptrace(_PTRACE_SEIZE, pid, None, None) != 0:
-        return False, None  # another tracer (user code's own) or gone: not shown idle
-    status, signum = None, 0
-    try:
+    if not asked:
+        if libc.ptrace(_PTRACE_SEIZE, pid, None, None) != 0:
+            return False, None, False  # another tracer (user code's own) or gone
         if libc.ptrace(_PTRACE_INTERRUPT, pid, None, None) != 0:
-            return False, None
+            return False, None, True  # the stop may still come: taken up next time
+    deadline = time.monotonic() + wait
+    while True:
         try:
-            _, status = os.waitpid(pid, _WALL)
+            got, status = os.waitpid(pid, os.WNOHANG | _WALL)
         except ChildProcessError:
-            return False, None
-        if not os.WIFSTOPPED(status):
-            return False, status
-        if status >> 16 == 0:
-            # A signal was on its way in: handed back on detach; asked again later.
-            signum = os.WSTOPSIG(status)
-            return False, None
+            return False, None, False
+        if got:
+            break
+        if time.monotonic() >= deadline:
+            return False, None, True
+        time.sleep(0.0001)
+    if not os.WIFSTOPPED(status):
+        return False, status, False
+    signum, idle = 0, False
+    if status >> 16 == 0:
+        signum = os.WSTOPSIG(status)  # a signal on its way in: handed back on detach
+    else:
         regs = (ctypes.c_ulonglong * _REG_COUNT)()
-        if libc.ptrace(_PTRACE_GETREGS, pid, None, ctypes.byref(regs)) != 0:
-            return False, None
-        # Interrupted while blocked in read(CMD_FD): the call restarts with -ERESTARTSYS.
-        return (regs[_REG_ORIG_RAX] == _READ_SYSCALL and regs[_REG_RDI] == CMD_FD
-                and ctypes.c_longlong(regs[_REG_RAX]).value == -_ERESTARTSYS), None
-    finally:
-        if status is None or os.WIFSTOPPED(status):
-            libc.ptrace(_PTRACE_DETACH, pid, None, ctypes.c_void_p(signum))
+        if libc.ptrace(_PTRACE_GETREGS, pid, None, ctypes.byref(regs)) == 0:
+            # Stopped while blocked in read(CMD_FD): the call restarts (-ERESTARTSYS).
+            idle = (regs[_REG_ORIG_RAX] == _READ_SYSCALL and regs[_REG_RDI] == CMD_FD
+                    and ctypes.c_longlong(regs[_REG_RAX]).value == -_ERESTARTSYS)
+    libc.ptrace(_PTRACE_DETACH, pid, None, ctypes.c_void_p(signum))
+    return idle, None, False
 
 
 def _cull_if_near_limit(limit, keep):
@@ -1169,6 +1177,7 @@ class Supervisor:
             pass  # the worker is gone; its death is noticed on its result pipe
 
     def interrupt(self):
+        self.settle_trace()
         self.run["interrupted"] = True
         self.run["deadline"] = time.monotonic() + self.grace
         try:
@@ -1295,13 +1304,24 @@ class Supervisor:
         now = time.monotonic()
         if now < run.get("probe_at", 0.0):
             return False
-        idle, status = _ptrace_blocked_reading(pid)
+        idle, status, asked = _ptrace_blocked_reading(pid, self.worker.get("asked", False))
+        self.worker["asked"] = asked
         if status is not None:
             self.worker["status"] = status  # reaped by the probe: on_worker_death reads it
         if idle is False:
             gap = min(run.get("probe_gap", 0.0001) * 2, 0.02)
             run.update(probe_gap=gap, probe_at=now + gap)
         return idle
+
+    def settle_trace(self):
+        """Lets the worker go on if a ptrace stop asked for earlier has come since: a
+        stopped worker would neither run nor take its interrupt."""
+        if self.worker is None or not self.worker.get("asked"):
+            return
+        _, status, asked = _ptrace_blocked_reading(self.worker["pid"], True, wait=0)
+        self.worker["asked"] = asked
+        if status is not None:
+            self.worker["status"] = status
 
     def barrier_passed(self):
         """Where neither /proc nor ptrace says what the worker's main thread is doing
@@ -1464,10 +1484,13 @@ class Supervisor:
                     # asked again when its pause is over).
                     pause = self.run.get("probe_at", 0.0) - time.monotonic()
                     timeout = min(timeout, max(0.0002, pause))
+            if self.worker is not None and self.worker.get("asked"):
+                timeout = 0.01 if timeout is None else min(timeout, 0.01)  # see settle_trace
             try:
                 ready, _, _ = select.select(fds, [], [], timeout)
             except InterruptedError:
                 continue
+            self.settle_trace()
             if self.worker is not None:
                 for key in ("out", "err"):
                     if self.worker[key] in ready:

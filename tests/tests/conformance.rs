@@ -77,6 +77,7 @@ fn all_cases() -> Vec<(&'static str, Case)> {
         case!(load::parallel_sessions_keep_results_apart),
         case!(hostile::planted_modules_never_run_in_the_agent),
         case!(hostile::forged_results_are_not_trusted),
+        case!(hostile::unstoppable_main_thread_cannot_stall_the_supervisor),
         case!(hostile::unencodable_strings_keep_the_session),
         case!(hostile::result_fields_are_capped),
         case!(hostile::large_code_is_capped_and_linear),

@@ -139,6 +139,62 @@ raise RuntimeError("late traceback of the forging run")
     s.close().await.unwrap();
 }
 
+/// The interpreter's main thread parks where no signal and no debugger can stop it (the
+/// wait of a vfork whose child never execs) while a thread forges a reply: the
+/// supervisor keeps its clock, ends the run at its time limit and stays responsive.
+pub async fn unstoppable_main_thread_cannot_stall_the_supervisor(rt: &dyn SandboxRuntime) {
+    let s = session(rt).await;
+    ok(&run(s.as_ref(), "kept = 1").await);
+    let park = r#"
+import ctypes, json, os, sys, threading, time
+f = sys._getframe()
+rid = None
+while f is not None:
+    if isinstance(f.f_locals.get('req'), dict):
+        rid = f.f_locals['req'].get('id')
+    f = f.f_back
+def forge():
+    time.sleep(0.3)
+    fake = {"id": rid, "error": None, "value": "'forged'"}
+    os.write(201, (json.dumps(fake) + "\n").encode())
+threading.Thread(target=forge, daemon=True).start()
+libc = ctypes.CDLL(None)
+if libc.syscall(58) == 0:  # vfork: this thread waits until the child execs or exits
+    libc.syscall(34)  # the child pauses instead, for ever
+"#;
+    let started = Instant::now();
+    let r = tokio::time::timeout(
+        Duration::from_secs(40),
+        s.run_with_timeout(park, Duration::from_secs(2)),
+    )
+    .await
+    .expect("the supervisor answered within 40 s")
+    .unwrap();
+    assert!(
+        !r.success,
+        "the forged reply is not the result: {}",
+        r.to_json()
+    );
+    assert_ne!(r.value.as_deref(), Some("'forged'"), "{}", r.to_json());
+    assert!(
+        matches!(r.exit_code, 124 | 137),
+        "ended at its time limit: {}",
+        r.to_json()
+    );
+    // The time limit, then the interrupt's grace (2 s): the supervisor's own clock, not
+    // the host's last resort for a supervisor that stopped answering.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}: {}",
+        started.elapsed(),
+        r.to_json()
+    );
+    assert_eq!(r.error_kind(), Some(ErrorKind::Timeout), "{}", r.to_json());
+    let r = run(s.as_ref(), "print('next')").await;
+    assert_eq!(ok(&r), "next\n", "the session goes on");
+    s.close().await.unwrap();
+}
+
 /// Strings Python can hold but UTF-8 cannot (lone surrogates), NULs and escapes in every
 /// result field: the reply stays well-formed and the session keeps its state.
 pub async fn unencodable_strings_keep_the_session(rt: &dyn SandboxRuntime) {
