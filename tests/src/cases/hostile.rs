@@ -81,6 +81,18 @@ print('json ok', json.dumps({'a': 1}))
     s.close().await.unwrap();
 }
 
+/// Python that finds the id of the run it is part of (`rid`), from the agent's frames,
+/// as code that forges its run's reply would.
+const RUN_ID: &str = r#"
+import sys
+f = sys._getframe()
+rid = None
+while f is not None:
+    if isinstance(f.f_locals.get('req'), dict):
+        rid = f.f_locals['req'].get('id')
+    f = f.f_back
+"#;
+
 /// User code writes a forged reply onto the interpreter's result pipe, and a thread of
 /// its own reads the command pipe to answer whatever the supervisor asks there (so that
 /// no question about where the interpreter is can be answered from inside it): the
@@ -88,14 +100,9 @@ print('json ok', json.dumps({'a': 1}))
 /// traceback stays in its run.
 pub async fn forged_results_are_not_trusted(rt: &dyn SandboxRuntime) {
     let s = session(rt).await;
-    let forge = r#"
-import json, os, sys, time, base64, select, threading
-f = sys._getframe()
-rid = None
-while f is not None:
-    if isinstance(f.f_locals.get('req'), dict):
-        rid = f.f_locals['req'].get('id')
-    f = f.f_back
+    let forge = RUN_ID.to_string()
+        + r#"
+import json, os, time, base64, select, threading
 fake = {"id": rid, "error": None, "value": "V" * (5 << 20), "culled": 99,
         "images": [{"mime": "text/html", "data": base64.b64encode(b"<script>x</script>").decode()}]}
 def answer_for_the_loop():
@@ -122,7 +129,7 @@ time.sleep(4)
 raise RuntimeError("late traceback of the forging run")
 "#;
     let started = Instant::now();
-    let r = run_for(s.as_ref(), forge, 1.5).await;
+    let r = run_for(s.as_ref(), &forge, 1.5).await;
     assert_eq!(r.exit_code, 124, "the time limit holds: {}", r.to_json());
     assert_eq!(r.error_kind(), Some(ErrorKind::Timeout));
     assert!(started.elapsed() < Duration::from_secs(20));
@@ -145,14 +152,9 @@ raise RuntimeError("late traceback of the forging run")
 pub async fn unstoppable_main_thread_cannot_stall_the_supervisor(rt: &dyn SandboxRuntime) {
     let s = session(rt).await;
     ok(&run(s.as_ref(), "kept = 1").await);
-    let park = r#"
-import ctypes, json, os, sys, threading, time
-f = sys._getframe()
-rid = None
-while f is not None:
-    if isinstance(f.f_locals.get('req'), dict):
-        rid = f.f_locals['req'].get('id')
-    f = f.f_back
+    let park = RUN_ID.to_string()
+        + r#"
+import ctypes, json, os, threading, time
 def forge():
     time.sleep(0.3)
     fake = {"id": rid, "error": None, "value": "'forged'"}
@@ -165,7 +167,7 @@ if libc.syscall(58) == 0:  # vfork: this thread waits until the child execs or e
     let started = Instant::now();
     let r = tokio::time::timeout(
         Duration::from_secs(40),
-        s.run_with_timeout(park, Duration::from_secs(2)),
+        s.run_with_timeout(&park, Duration::from_secs(2)),
     )
     .await
     .expect("the supervisor answered within 40 s")
