@@ -423,6 +423,9 @@ class Worker:
                 stream.flush()
             except Exception:
                 pass
+        # User code may have made this process non-dumpable: the supervisor's look at where
+        # this thread is (/proc/PID/syscall, ptrace) needs it dumpable.
+        _set_dumpable(1)
         self.answer(out)
 
     def answer(self, out):

@@ -78,6 +78,7 @@ fn all_cases() -> Vec<(&'static str, Case)> {
         case!(hostile::planted_modules_never_run_in_the_agent),
         case!(hostile::forged_results_are_not_trusted),
         case!(hostile::unstoppable_main_thread_cannot_stall_the_supervisor),
+        case!(hostile::non_dumpable_interpreter_still_answers),
         case!(hostile::unencodable_strings_keep_the_session),
         case!(hostile::result_fields_are_capped),
         case!(hostile::large_code_is_capped_and_linear),

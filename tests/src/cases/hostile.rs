@@ -197,6 +197,24 @@ if libc.syscall(58) == 0:  # vfork: this thread waits until the child execs or e
     s.close().await.unwrap();
 }
 
+/// A run that makes its interpreter non-dumpable (as some libraries do) ends normally
+/// and keeps its state: the supervisor still sees where the interpreter is.
+pub async fn non_dumpable_interpreter_still_answers(rt: &dyn SandboxRuntime) {
+    let s = session(rt).await;
+    let r = run_for(
+        s.as_ref(),
+        "import ctypes\nkept = ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)\nprint('set', kept)",
+        10.0,
+    )
+    .await;
+    assert_eq!(ok(&r), "set 0\n");
+    assert!(r.execution_time < 5.0, "{}", r.to_json());
+    let r = run(s.as_ref(), "print(kept + 1)").await;
+    assert_eq!(ok(&r), "1\n", "state kept: {}", r.to_json());
+    assert!(!r.state_lost);
+    s.close().await.unwrap();
+}
+
 /// Strings Python can hold but UTF-8 cannot (lone surrogates), NULs and escapes in every
 /// result field: the reply stays well-formed and the session keeps its state.
 pub async fn unencodable_strings_keep_the_session(rt: &dyn SandboxRuntime) {
