@@ -789,6 +789,29 @@ def _ptrace_blocked_reading(pid, asked=False, wait=0.05):
     return idle, None, False
 
 
+def _reap_worker(pid):
+    """The wait status of the worker, whose result pipe closed. It is dying, or user code
+    closed the pipe (or exec'd) and it lives on: given a second to end by itself, then
+    killed. Never blocks on a worker that lives on, nor takes a stop for an end."""
+    deadline = time.monotonic() + 1.0
+    killed = False
+    while True:
+        try:
+            got, status = os.waitpid(pid, 0 if killed else os.WNOHANG)
+        except ChildProcessError:
+            return 0
+        if got and (os.WIFEXITED(status) or os.WIFSIGNALED(status)):
+            return status
+        if not killed and time.monotonic() >= deadline:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+            killed = True
+        elif not killed:
+            time.sleep(0.001)
+
+
 def _cull_if_near_limit(limit, keep):
     """Kills what a run left running once the sandbox nears its process limit (a fork
     bomb), so that the next run can start processes; the worker and its state stay.
@@ -1042,13 +1065,13 @@ class Supervisor:
             _worker_main((cmd_r, res_w, out_w, err_w), self.config)
         for fd in (cmd_r, res_w, out_w, err_w):
             os.close(fd)
-        for fd in (res_r, out_r, err_r):
+        for fd in (res_r, out_r, err_r, cmd_w):
             os.set_blocking(fd, False)
         # A reply can hold every capped field, JSON-escaped: anything longer is forged.
         limit = 7 * (self.caps.value + self.caps.message + self.caps.traceback + self.caps.note) \
             + self.caps.image_bytes * 2 + (1 << 20)
         self.worker = {"pid": pid, "cmd": cmd_w, "res": res_r, "out": out_r, "err": err_r,
-                       "replies": LineReader(limit)}
+                       "replies": LineReader(limit), "outbox": b""}
         self.reap = []
 
     def kill_everything(self):
@@ -1173,11 +1196,26 @@ class Supervisor:
                           "filename": req.get("filename") if isinstance(req.get("filename"), str) else None,
                           }).encode() + b"\n"
         self.reap = []
-        try:
-            while msg:
-                msg = msg[os.write(self.worker["cmd"], msg):]
-        except OSError:
-            pass  # the worker is gone; its death is noticed on its result pipe
+        self.to_worker(msg)
+
+    def to_worker(self, data):
+        """Queues data for the worker's command pipe and writes what the pipe takes now;
+        the main loop writes the rest as the pipe drains. A worker that stops reading
+        (stopped, or never back in its loop) never blocks the supervisor."""
+        self.worker["outbox"] += data
+        self.flush_to_worker()
+
+    def flush_to_worker(self):
+        worker = self.worker
+        while worker is not None and worker["outbox"]:
+            try:
+                sent = os.write(worker["cmd"], worker["outbox"])
+            except BlockingIOError:
+                return
+            except OSError:
+                worker["outbox"] = b""  # gone: its death is noticed on its result pipe
+                return
+            worker["outbox"] = worker["outbox"][sent:]
 
     def interrupt(self):
         self.settle_trace()
@@ -1263,10 +1301,13 @@ class Supervisor:
                 shown, _cut = _valid_displays([raw.get("bundle")], self.caps)
                 if shown and raw.get("id") == self.run["id"]:
                     self.send({"id": self.run["id"], "op": "display", "bundle": shown[0]})
-                try:
-                    os.write(self.worker["cmd"], b"\x06")  # go on
-                except OSError:
-                    pass
+                if not self.worker["outbox"]:
+                    # Go on: one byte a waiting display() reads. Forged events send many;
+                    # a worker that is not reading gets none once the pipe is full.
+                    try:
+                        os.write(self.worker["cmd"], b"\x06")
+                    except OSError:
+                        pass
                 continue
             reply = validate_reply(raw, self.caps)
             if reply is not None and reply["id"] == self.run["id"]:
@@ -1336,11 +1377,7 @@ class Supervisor:
             return True
         if run.get("barrier") is None:
             run["barrier"] = int.from_bytes(os.urandom(8), "big")
-            line = (json.dumps({"op": "barrier", "nonce": run["barrier"]}) + "\n").encode()
-            try:
-                os.write(self.worker["cmd"], line)
-            except OSError:
-                pass
+            self.to_worker((json.dumps({"op": "barrier", "nonce": run["barrier"]}) + "\n").encode())
         return False
 
     # -- results
@@ -1407,10 +1444,7 @@ class Supervisor:
         pid = self.worker["pid"]
         status = self.worker.get("status")
         if status is None:
-            try:
-                _, status = os.waitpid(pid, 0)
-            except ChildProcessError:
-                status = 0
+            status = _reap_worker(pid)
         run = self.run
         if run is not None:
             self.drain(discard=False)
@@ -1489,11 +1523,14 @@ class Supervisor:
                     timeout = min(timeout, max(0.0002, pause))
             if self.worker is not None and self.worker.get("asked"):
                 timeout = 0.01 if timeout is None else min(timeout, 0.01)  # see settle_trace
+            pending = [self.worker["cmd"]] if self.worker is not None and self.worker["outbox"] else []
             try:
-                ready, _, _ = select.select(fds, [], [], timeout)
+                ready, writable, _ = select.select(fds, pending, [], timeout)
             except InterruptedError:
                 continue
             self.settle_trace()
+            if writable:
+                self.flush_to_worker()
             if self.worker is not None:
                 for key in ("out", "err"):
                     if self.worker[key] in ready:

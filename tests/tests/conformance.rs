@@ -79,6 +79,8 @@ fn all_cases() -> Vec<(&'static str, Case)> {
         case!(hostile::forged_results_are_not_trusted),
         case!(hostile::unstoppable_main_thread_cannot_stall_the_supervisor),
         case!(hostile::non_dumpable_interpreter_still_answers),
+        case!(hostile::closed_result_pipe_is_a_crash_not_a_stall),
+        case!(hostile::unread_commands_cannot_stall_the_supervisor),
         case!(hostile::unencodable_strings_keep_the_session),
         case!(hostile::result_fields_are_capped),
         case!(hostile::large_code_is_capped_and_linear),

@@ -215,6 +215,65 @@ pub async fn non_dumpable_interpreter_still_answers(rt: &dyn SandboxRuntime) {
     s.close().await.unwrap();
 }
 
+/// User code closes the interpreter's result pipe and goes on (as an exec would): the
+/// supervisor reports a crash within seconds instead of waiting on a live interpreter,
+/// and the session goes on with a fresh one.
+pub async fn closed_result_pipe_is_a_crash_not_a_stall(rt: &dyn SandboxRuntime) {
+    let s = session(rt).await;
+    let started = Instant::now();
+    let r = run_for(
+        s.as_ref(),
+        "import os, time\nos.close(201)\ntime.sleep(60)",
+        3.0,
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}: {}",
+        started.elapsed(),
+        r.to_json()
+    );
+    assert_eq!(r.error_kind(), Some(ErrorKind::Crashed), "{}", r.to_json());
+    assert!(r.state_lost);
+    assert_eq!(ok(&run(s.as_ref(), "print('next')").await), "next\n");
+    s.close().await.unwrap();
+}
+
+/// The interpreter stops itself (SIGSTOP) between runs, and the next request is larger
+/// than a pipe holds: the supervisor never blocks writing it, ends the run at its time
+/// limit and goes on.
+pub async fn unread_commands_cannot_stall_the_supervisor(rt: &dyn SandboxRuntime) {
+    let s = session(rt).await;
+    ok(&run(
+        s.as_ref(),
+        "import os, signal, threading, time\nthreading.Thread(target=lambda: (time.sleep(0.3), os.kill(os.getpid(), signal.SIGSTOP))).start()",
+    )
+    .await);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let big = format!("x = 1\n{}", "#".repeat(300_000));
+    let started = Instant::now();
+    let r = run_for(s.as_ref(), &big, 3.0).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}: {}",
+        started.elapsed(),
+        r.to_json()
+    );
+    assert!(!r.success, "{}", r.to_json());
+    assert_eq!(r.exit_code, 124, "its own time limit: {}", r.to_json());
+    assert!(
+        !r.error
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("stopped answering"),
+        "{}",
+        r.to_json()
+    );
+    assert_eq!(ok(&run(s.as_ref(), "print('next')").await), "next\n");
+    s.close().await.unwrap();
+}
+
 /// Strings Python can hold but UTF-8 cannot (lone surrogates), NULs and escapes in every
 /// result field: the reply stays well-formed and the session keeps its state.
 pub async fn unencodable_strings_keep_the_session(rt: &dyn SandboxRuntime) {
