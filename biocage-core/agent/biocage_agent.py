@@ -741,6 +741,19 @@ _REG_RAX, _REG_RDI, _REG_ORIG_RAX, _REG_COUNT = 10, 14, 15, 27
 _ERESTARTSYS = 512
 
 
+_PTRACE_LIBC = []
+
+
+def _ptrace_libc():
+    """libc with ptrace typed for the calls below, made once (asked on every look)."""
+    if not _PTRACE_LIBC:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.ptrace.restype = ctypes.c_long
+        libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+        _PTRACE_LIBC.append(libc)
+    return _PTRACE_LIBC[0]
+
+
 def _ptrace_blocked_reading(pid, asked=False, wait=0.05):
     """Where /proc/PID/syscall is missing (gVisor): the same question asked with ptrace.
     The worker's main thread is stopped for a moment (PTRACE_SEIZE, PTRACE_INTERRUPT),
@@ -755,9 +768,7 @@ def _ptrace_blocked_reading(pid, asked=False, wait=0.05):
     (it is then reaped), else None; asked is whether a stop is still to come."""
     if ctypes is None or os.uname().machine != "x86_64" or _READ_SYSCALL is None:
         return None, None, False
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.ptrace.restype = ctypes.c_long
-    libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+    libc = _ptrace_libc()
     if not asked:
         if libc.ptrace(_PTRACE_SEIZE, pid, None, None) != 0:
             return False, None, False  # another tracer (user code's own) or gone

@@ -236,7 +236,7 @@ impl ContainerSpec {
                     mode,
                     owner: if owned { owner } else { None },
                     exec,
-                    volume: plan.tmpfs_volumes && inodes.is_some(),
+                    volume: false,
                 }
             };
         let mut tmpfs = vec![
@@ -261,24 +261,25 @@ impl ContainerSpec {
             tmpfs_of("/run", 1 << 20, None, 0o755, false, false),
             tmpfs_of("/var/tmp", 16 << 20, Some(1024), 0o1777, false, true),
         ];
+        // Read-write exposures (below) stay in the runtime's own tmpfs: the agent lists
+        // them after every run, and through gVisor's gofer that costs about 1 ms an entry.
+        for t in &mut tmpfs {
+            t.volume = plan.tmpfs_volumes && t.inodes.is_some();
+        }
         // Read-write exposures are tmpfs of their own, mirrored to the host by the agent.
         for e in config
             .exposures
             .iter()
             .filter(|e| e.mode == ExposureMode::ReadWrite)
         {
-            let mut exposure = tmpfs_of(
+            tmpfs.push(tmpfs_of(
                 &e.container,
                 config.rw_exposure_bytes,
                 Some(config.rw_exposure_files),
                 0o700,
                 true,
                 false,
-            );
-            // The agent lists an exposure after every run: through gVisor's gofer that
-            // costs about 1 ms per entry, so exposures stay in the runtime's own tmpfs.
-            exposure.volume = false;
-            tmpfs.push(exposure);
+            ));
         }
         let binds = match staging {
             Some(st) => st.binds().to_vec(),
