@@ -121,10 +121,10 @@ pub(crate) struct BuildArgs {
     /// Recipe builds: the folder with the Dockerfile (default python_docker).
     #[arg(long, value_name = "DIR", conflicts_with_all = ["requirements", "pyproject"])]
     pub context: Option<PathBuf>,
-    /// For containers that cannot reach a package index. Custom images: the host
-    /// downloads the wheels for the base's Python and platform and the build installs
-    /// them without an index. Recipe builds: CONTEXT/build.sh --offline (a Debian base
-    /// and host wheels).
+    /// For containers that cannot reach a package index. Custom images: a throwaway
+    /// sandbox with network downloads the wheels for the base's Python and platform
+    /// (pip never runs on the host), and the build installs them without an index.
+    /// Recipe builds: CONTEXT/build.sh --offline (a Debian base and host wheels).
     #[arg(long)]
     pub offline: bool,
     /// Custom images: a folder of wheels to install from (repeatable). With --offline
@@ -135,6 +135,11 @@ pub(crate) struct BuildArgs {
     /// host's wheel cache).
     #[arg(long)]
     pub no_cache: bool,
+    /// Custom images: allow direct references (`name @ URL`) and source
+    /// distributions, fetched and built inside the build's container (never on the
+    /// host). Without it only wheels are installed, so no package code runs in a build.
+    #[arg(long)]
+    pub allow_source: bool,
 }
 
 /// Settings shared by run and repl.

@@ -77,6 +77,7 @@ pub(crate) async fn build(cli: &Cli, args: &BuildArgs) -> Result<i32, CliError> 
         o.pyproject = args.pyproject.clone();
         o.offline = args.offline;
         o.wheels = args.wheels.clone();
+        o.allow_source = args.allow_source;
         o
     } else {
         if !args.wheels.is_empty() {

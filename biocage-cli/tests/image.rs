@@ -3,7 +3,7 @@
 //! when one cannot be installed, and rebuilds when (and only when) the packages change.
 //!
 //! The packages are ones the default image lacks (tabulate, toolz); their wheels were
-//! downloaded on the host by scripts/setup.sh into biocage-cli/tests/wheels, and the
+//! downloaded by scripts/setup.sh into biocage-cli/tests/wheels, and the
 //! builds are offline from that folder, so the tests need no network.
 
 use std::path::{Path, PathBuf};
@@ -217,7 +217,7 @@ fn a_package_that_does_not_exist_fails_the_build_with_pips_message(#[case] engin
         "tabulate\nbiocage-no-such-package-x7\n",
     );
     let tag = format!("biocage-test-{engine}-missing:latest");
-    // Offline: the host's pip finds no wheel for it.
+    // Offline: pip in the build's container finds no wheel for it.
     let out = biocage(engine)
         .args(["image", "build", "--offline", "--tag", &tag, "--wheels"])
         .arg(wheels())
@@ -235,8 +235,12 @@ fn a_package_that_does_not_exist_fails_the_build_with_pips_message(#[case] engin
     );
     // Through the package index, in the build's container: pip's own line again, never
     // "built" (the index may be unreachable here; either way the build fails).
+    // (The wheels folder gives pip itself to the pip-less base: fetching it needs a
+    // sandbox with network, which rootless Podman here has not.)
     let out = biocage(engine)
-        .args(["--json", "image", "build", "--tag", &tag, "--requirements"])
+        .args(["--json", "image", "build", "--tag", &tag, "--wheels"])
+        .arg(wheels())
+        .arg("--requirements")
         .arg(&req)
         .assert()
         .code(1)
@@ -347,4 +351,137 @@ fn session_info_reports_the_image_packages(#[case] engine: &str) {
         );
         assert_eq!(Some(info.python_version.as_str()), built["python"].as_str());
     });
+}
+
+/// A source distribution whose build backend (`backend-path = ["."]`) writes `marker`
+/// the moment any pip imports it: proof of package code run wherever pip runs.
+fn evil_project(dir: &Path, marker: &Path) -> (PathBuf, PathBuf) {
+    let project = dir.join("evil-1.0");
+    std::fs::create_dir_all(&project).unwrap();
+    file(
+        &project,
+        "pyproject.toml",
+        "[project]\nname = \"evil\"\nversion = \"1.0\"\n[build-system]\nrequires = []\nbuild-backend = \"backend\"\nbackend-path = [\".\"]\n",
+    );
+    file(
+        &project,
+        "backend.py",
+        &format!(
+            "open({:?}, 'w').write('ran')\n",
+            marker.display().to_string()
+        ),
+    );
+    file(
+        &project,
+        "PKG-INFO",
+        "Metadata-Version: 2.1\nName: evil\nVersion: 1.0\n",
+    );
+    let sdist = dir.join("evil-1.0.tar.gz");
+    let status = std::process::Command::new("tar")
+        .arg("czf")
+        .arg(&sdist)
+        .arg("-C")
+        .arg(dir)
+        .arg("evil-1.0")
+        .status()
+        .expect("tar runs");
+    assert!(status.success());
+    (project, sdist)
+}
+
+/// Image builds run no code from a package, a requirements file or a project on the
+/// host, whatever the input: direct references and every option spelling pip accepts
+/// that names a file are refused before anything runs; allowed sources are fetched and
+/// built in the build's container only.
+#[rstest]
+#[case::docker("docker")]
+#[case::podman("podman")]
+fn image_builds_run_no_package_code_on_the_host(#[case] engine: &str) {
+    if !engine_under_test(engine) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("backend-ran-on-the-host");
+    let (project, sdist) = evil_project(dir.path(), &marker);
+    let secret = file(dir.path(), "secret.txt", "SECRET-CANARY-4711\n");
+    let tag = format!("biocage-test-{engine}-evil:latest");
+    let pyproject = file(
+        dir.path(),
+        "pyproject.toml",
+        &format!(
+            "[project]\nname = \"x\"\ndependencies = [\"evil @ file://{}\"]\n",
+            sdist.display()
+        ),
+    );
+    let attacks = [
+        format!("tabulate\nevil @ file://{}\n", sdist.display()),
+        format!("tabulate\n-e{}\n", project.display()),
+        format!("tabulate\n--editab {}\n", project.display()),
+        format!("tabulate\n--requireme {}\n", secret.display()),
+        format!("tabulate\n--constrai {}\n", secret.display()),
+        format!("tabulate\n-r{}\n", secret.display()),
+        format!("tabulate\nfile://{}\n", sdist.display()),
+        format!("tabulate\n{}\n", sdist.display()),
+    ];
+    for (i, text) in attacks.iter().enumerate() {
+        let req = file(dir.path(), &format!("req-{i}.txt"), text);
+        let out = biocage(engine)
+            .args(["image", "build", "--offline", "--tag", &tag, "--wheels"])
+            .arg(wheels())
+            .arg("--requirements")
+            .arg(&req)
+            .output()
+            .expect("biocage runs");
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{text:?} was not refused: {all}"
+        );
+        assert!(
+            !all.contains("SECRET-CANARY"),
+            "{text:?} quoted a host file: {all}"
+        );
+        assert!(!marker.exists(), "{text:?} ran package code on the host");
+    }
+    let out = biocage(engine)
+        .args(["image", "build", "--offline", "--tag", &tag, "--wheels"])
+        .arg(wheels())
+        .arg("--pyproject")
+        .arg(&pyproject)
+        .output()
+        .expect("biocage runs");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("direct reference"),
+        "{out:?}"
+    );
+    // Allowed, a direct reference is fetched in the build's container, which cannot see
+    // the host's path: the build fails there, and nothing ran on the host.
+    let req = file(
+        dir.path(),
+        "req-allowed.txt",
+        &format!("tabulate\nevil @ file://{}\n", sdist.display()),
+    );
+    let out = biocage(engine)
+        .args([
+            "image",
+            "build",
+            "--offline",
+            "--allow-source",
+            "--tag",
+            &tag,
+        ])
+        .arg("--wheels")
+        .arg(wheels())
+        .arg("--requirements")
+        .arg(&req)
+        .output()
+        .expect("biocage runs");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(!marker.exists(), "the allowed source ran on the host");
 }

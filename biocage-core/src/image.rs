@@ -7,8 +7,10 @@
 //!   build context is generated: a small Dockerfile, the requirements under a
 //!   content-hashed name and a folder of wheels, nothing else, so the engine installs
 //!   exactly what was asked and its layer cache is keyed on that content. With
-//!   `offline`, the host downloads the wheels for the base's Python and platform (it asks
-//!   the base which it has), and the container installs them without an index.
+//!   `offline`, a throwaway sandbox with network downloads the wheels for the base's
+//!   Python and platform (it asks the base which it has), and the container installs
+//!   them without an index. pip never runs on the host, and only wheels are installed
+//!   unless the build allows sources.
 //!
 //! Every build ends by running a session on the new image, which checks that each
 //! package asked for is installed, and records what it found in the image's labels
@@ -38,7 +40,6 @@ pub use wheels::wheel_cache_dir;
 
 use context::{CustomContext, Recipe};
 use status::BuildLog;
-use wheels::WheelSource;
 
 /// Label on every BioCage image: "sandbox" (the recipe) or "custom".
 pub const LABEL_IMAGE: &str = "org.biocage.image";
@@ -75,7 +76,7 @@ pub struct BuildOptions {
     pub requirements: Option<PathBuf>,
     /// A pyproject.toml whose `[project] dependencies` make a custom image.
     pub pyproject: Option<PathBuf>,
-    /// Custom images: the host downloads the wheels (for the base's Python and
+    /// Custom images: a sandbox downloads the wheels (for the base's Python and
     /// platform) and the container installs them without a package index.
     pub offline: bool,
     /// Custom images: folders of wheels to install from. Offline, nothing else is used
@@ -84,6 +85,11 @@ pub struct BuildOptions {
     /// Build every step anew (and, offline, resolve the wheels against the index
     /// rather than the host's wheel cache).
     pub no_cache: bool,
+    /// Custom images: allow direct references (`name @ URL`) and source
+    /// distributions. Off by default: only wheels are installed, so no package's code
+    /// runs during the build at all. On, sources are fetched and built inside the
+    /// build's container (never on the host).
+    pub allow_source: bool,
 }
 
 impl BuildOptions {
@@ -98,6 +104,7 @@ impl BuildOptions {
             offline: false,
             wheels: Vec::new(),
             no_cache: false,
+            allow_source: false,
         }
     }
 
@@ -121,16 +128,27 @@ impl BuildOptions {
 
     /// The packages of a custom image, read from its file; None for a recipe build.
     pub fn packages(&self) -> Result<Option<Requirements>> {
-        match (&self.requirements, &self.pyproject) {
-            (Some(r), None) => Requirements::from_requirements_file(r).map(Some),
-            (None, Some(p)) => Requirements::from_pyproject(p).map(Some),
-            (None, None) => Ok(None),
-            (Some(_), Some(_)) => Err(Error::InvalidConfig {
+        let reqs = match (&self.requirements, &self.pyproject) {
+            (Some(r), None) => Requirements::from_requirements_file(r)?,
+            (None, Some(p)) => Requirements::from_pyproject(p)?,
+            (None, None) => return Ok(None),
+            (Some(_), Some(_)) => return Err(Error::InvalidConfig {
                 field: "requirements",
                 value: "requirements and pyproject".into(),
                 reason: "give one of them: the packages of a requirements file, or the dependencies of a pyproject.toml".into(),
             }),
+        };
+        if let (Some(first), false) = (reqs.direct.first(), self.allow_source) {
+            return Err(Error::InvalidConfig {
+                field: "requirements",
+                value: reqs.source.clone(),
+                reason: format!(
+                    "`{first}` is a direct reference (a URL or path, {} in all); only packages from an index are installed unless the build allows sources (--allow-source: fetched and built inside the build's container, never on the host)",
+                    reqs.direct.len()
+                ),
+            });
         }
+        Ok(Some(reqs))
     }
 
     /// Checks what can be checked before building: the context has a Dockerfile (recipe
@@ -479,7 +497,7 @@ fn failed_build(e: Error, log: &BuildLog, tag: &str, what: &str) -> Error {
             let message = source.to_string();
             let reason = if log.pip_failed() {
                 let hint = if log.index_unreachable() {
-                    "; the build could not reach the package index: build with --offline (the host downloads the wheels) or give a folder of wheels with --wheels"
+                    "; the build could not reach the package index: build with --offline (a sandbox with network downloads the wheels) or give a folder of wheels with --wheels"
                 } else {
                     ""
                 };
@@ -497,6 +515,19 @@ fn failed_build(e: Error, log: &BuildLog, tag: &str, what: &str) -> Error {
         }
         other => other,
     }
+}
+
+/// The `.whl` files of a folder of wheels given with `--wheels`.
+fn wheels_in_folder(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "whl"))
+        .collect();
+    out.sort();
+    Ok(out)
 }
 
 async fn build_custom(
@@ -525,53 +556,56 @@ async fn build_custom(
     let ctx = CustomContext::new()?;
     let digest = reqs.digest();
     let req_name = format!("requirements-{}.txt", &digest[..16]);
-    let req_path = ctx.write(&req_name, &reqs.text())?;
+    ctx.write(&req_name, &reqs.text())?;
     let cache = wheel_cache_dir();
-    if opts.offline {
-        let source = if opts.wheels.is_empty() {
-            WheelSource::Index {
-                cache: cache.clone(),
-                fresh: opts.no_cache,
-            }
-        } else {
-            WheelSource::Folders(opts.wheels.clone())
-        };
-        let mut args = vec!["-r".to_string(), req_path.display().to_string()];
-        if !target.pip {
-            // No pip in the base: pip runs from its wheel, fetched with the rest.
-            args.push("pip".to_string());
+    // Folders of wheels go into the context as they are: pip resolves them inside the
+    // build's container, never on the host.
+    for dir in &opts.wheels {
+        for w in wheels_in_folder(dir)? {
+            ctx.add_wheel(&w)?;
         }
-        wheels::download(&args, &target, &source, &ctx.wheels(), progress).await?;
+    }
+    // pip runs in a sandbox on the base (or, when it has no pip, on the default image).
+    let pip_image = if target.pip {
+        base.id.clone()
     } else {
-        for dir in &opts.wheels {
-            for w in std::fs::read_dir(dir)
-                .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?
-                .filter_map(|e| e.ok())
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "whl"))
-            {
-                ctx.add_wheel(&w)?;
-            }
-        }
+        DEFAULT_IMAGE.to_string()
+    };
+    if opts.offline && opts.wheels.is_empty() {
+        let mut text = reqs.text();
         if !target.pip {
-            let mut dirs = opts.wheels.clone();
-            dirs.push(cache.clone());
-            match wheels::find_pip_wheel(&dirs) {
-                Some(w) => ctx.add_wheel(&w)?,
-                None => {
-                    let source = WheelSource::Index {
-                        cache: cache.clone(),
-                        fresh: false,
-                    };
-                    wheels::download(&["pip".to_string()], &target, &source, &ctx.wheels(), progress)
-                        .await
-                        .map_err(|e| Error::BuildFailed {
-                            image: opts.tag.clone(),
-                            reason: format!(
-                                "{base_name} has no pip, and the host could not fetch a pip wheel to run ({e}); build with --offline, or give a folder holding a pip wheel with --wheels"
-                            ),
-                        })?;
-                }
+            text.push_str("pip\n");
+        }
+        let job = wheels::Download {
+            image: &pip_image,
+            requirements: &text,
+            target: &target,
+            cache: &cache,
+            fresh: opts.no_cache,
+            stage: &ctx.wheels(),
+        };
+        wheels::download(rt, &job, progress).await?;
+    }
+    if !target.pip && wheels::find_pip_wheel(&[ctx.wheels()]).is_none() {
+        match wheels::find_pip_wheel(std::slice::from_ref(&cache)) {
+            Some(w) => ctx.add_wheel(&w)?,
+            None => {
+                let job = wheels::Download {
+                    image: &pip_image,
+                    requirements: "pip\n",
+                    target: &target,
+                    cache: &cache,
+                    fresh: false,
+                    stage: &ctx.wheels(),
+                };
+                wheels::download(rt, &job, progress)
+                    .await
+                .map_err(|e| Error::BuildFailed {
+                    image: opts.tag.clone(),
+                    reason: format!(
+                        "{base_name} has no pip, and no pip wheel could be fetched to run ({e}); give a folder holding a pip wheel with --wheels"
+                    ),
+                })?;
             }
         }
     }
@@ -595,6 +629,7 @@ async fn build_custom(
         offline: opts.offline,
         pip_wheel: pip_wheel_name.as_deref(),
         has_wheels,
+        only_binary: !opts.allow_source,
     }
     .dockerfile()?;
     ctx.write("Dockerfile", &dockerfile)?;

@@ -30,6 +30,8 @@ pub(crate) struct Recipe<'a> {
     pub pip_wheel: Option<&'a str>,
     /// Whether the wheels folder has any file.
     pub has_wheels: bool,
+    /// Install wheels only (`--only-binary=:all:`): no package's build code runs.
+    pub only_binary: bool,
 }
 
 /// True for strings safe to put in a Dockerfile instruction unquoted.
@@ -72,6 +74,9 @@ impl Recipe<'_> {
             None => "python3 -m pip".to_string(),
         };
         let mut links = String::new();
+        if self.only_binary {
+            links.push_str(" --only-binary=:all:");
+        }
         if self.offline {
             links.push_str(" --no-index");
         }
@@ -188,6 +193,7 @@ mod tests {
             offline: true,
             pip_wheel: Some("pip-26.3-py3-none-any.whl"),
             has_wheels: true,
+            only_binary: true,
         }
         .dockerfile()
         .unwrap();
@@ -202,10 +208,11 @@ mod tests {
             offline: false,
             pip_wheel: None,
             has_wheels: false,
+            only_binary: true,
         }
         .dockerfile()
         .unwrap();
-        assert!(online.contains("python3 -m pip install -r"));
+        assert!(online.contains("python3 -m pip install --only-binary=:all: -r"));
         assert!(!online.contains("COPY wheels"));
         assert!(!online.contains("\nUSER 1"));
         let bad = Recipe {
@@ -215,6 +222,7 @@ mod tests {
             offline: false,
             pip_wheel: None,
             has_wheels: false,
+            only_binary: true,
         };
         assert!(bad.dockerfile().is_err());
     }

@@ -1,8 +1,18 @@
 //! The packages a custom image is asked for: a requirements file, or the
 //! `[project] dependencies` of a pyproject.toml.
+//!
+//! Every line is understood before anything runs: requirements are parsed with the
+//! PEP 508 grammar (pep508_rs), and the only options kept are a short list of global
+//! ones in pip's full spelling. pip also reads any unambiguous prefix of a long option
+//! (`--requireme`, `--editab`), attached short options (`-e/path`) and `${VAR}`
+//! expansions; none of those is guessed at here: each is refused with what to write
+//! instead. Direct references (`name @ URL`, paths) are recorded, and refused by the
+//! build unless it allows them.
 
 use std::path::Path;
+use std::str::FromStr;
 
+use pep508_rs::{Requirement, VersionOrUrl};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
@@ -16,6 +26,9 @@ pub struct Requirements {
     pub lines: Vec<String>,
     /// Where they came from (a file path), for messages.
     pub source: String,
+    /// The requirements that are direct references (`name @ URL`): the build refuses
+    /// them unless it is told to allow them.
+    pub direct: Vec<String>,
 }
 
 /// One requested package: its normalized name (PEP 503) and whether an environment
@@ -46,19 +59,6 @@ pub fn normalize_name(name: &str) -> String {
     out
 }
 
-/// The project name a requirement line starts with, if it starts with one.
-fn leading_name(line: &str) -> Option<&str> {
-    let end = line
-        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-        .unwrap_or(line.len());
-    let name = &line[..end];
-    let first_ok = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphanumeric());
-    first_ok.then_some(name)
-}
-
 fn invalid(source: &str, reason: String) -> Error {
     Error::InvalidConfig {
         field: "requirements",
@@ -67,15 +67,137 @@ fn invalid(source: &str, reason: String) -> Error {
     }
 }
 
-/// Options that name other files: the build context holds only the one file given.
-const FILE_OPTIONS: [&str; 6] = [
-    "-r",
-    "--requirement",
-    "-c",
-    "--constraint",
-    "-e",
-    "--editable",
+/// Global options a requirements file may hold, in pip's full spelling, that take no
+/// value.
+const FLAGS: [&str; 2] = ["--pre", "--prefer-binary"];
+/// Global options that take a value (`--opt VALUE` or `--opt=VALUE`; `-i` also as
+/// `-iVALUE`). Index URLs must be http(s); nothing names a file.
+const VALUED: [&str; 5] = [
+    "--index-url",
+    "-i",
+    "--extra-index-url",
+    "--trusted-host",
+    "--only-binary",
 ];
+/// Options that name an index (their value must be an http(s) URL).
+const INDEX_OPTIONS: [&str; 3] = ["--index-url", "-i", "--extra-index-url"];
+
+fn allowed_options() -> String {
+    let mut all: Vec<&str> = FLAGS.to_vec();
+    all.extend(VALUED);
+    all.join(", ")
+}
+
+/// One parsed requirement line: the requirement and whether it is a direct reference.
+struct Parsed {
+    name: String,
+    conditional: bool,
+    direct: bool,
+}
+
+/// Checks one global option line (`--pre`, `--index-url URL`, ...).
+fn check_option(line: &str) -> std::result::Result<(), String> {
+    let mut words = line.split_whitespace();
+    let first = words.next().unwrap_or_default();
+    let rest: Vec<&str> = words.collect();
+    let (name, attached) = match first.split_once('=') {
+        Some((n, v)) if n.starts_with("--") => (n, Some(v)),
+        _ if first.starts_with("-i") && first.len() > 2 && !first.starts_with("--") => {
+            ("-i", Some(&first[2..]))
+        }
+        _ => (first, None),
+    };
+    if FLAGS.contains(&name) {
+        if attached.is_some() || !rest.is_empty() {
+            return Err(format!("`{name}` takes no value"));
+        }
+        return Ok(());
+    }
+    if !VALUED.contains(&name) {
+        return Err(format!(
+            "`{name}` is not an option a requirements file may hold here (pip would also take abbreviations and other files' names; BioCage allows only: {}); list packages one per line",
+            allowed_options()
+        ));
+    }
+    let value = match (attached, rest.as_slice()) {
+        (Some(v), []) => v,
+        (None, [v]) => *v,
+        _ => return Err(format!("`{name}` takes exactly one value")),
+    };
+    if value.is_empty() {
+        return Err(format!("`{name}` needs a value"));
+    }
+    if INDEX_OPTIONS.contains(&name)
+        && !(value.starts_with("https://") || value.starts_with("http://"))
+    {
+        return Err(format!(
+            "`{name} {value}`: a package index must be an http:// or https:// URL (folders of wheels go to --wheels)"
+        ));
+    }
+    Ok(())
+}
+
+/// Parses one requirement line with the PEP 508 grammar; when `hashes`, `--hash=ALGO:HEX`
+/// options may follow it (pip's hash-checking mode), nothing else.
+fn parse_requirement(line: &str, hashes: bool) -> std::result::Result<Parsed, String> {
+    // pip splits a line at the first word that starts with '-': options follow.
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let split = words
+        .iter()
+        .position(|w| hashes && w.starts_with('-'))
+        .unwrap_or(words.len());
+    let spec = words[..split].join(" ");
+    let mut options = words[split..].iter();
+    while let Some(opt) = options.next() {
+        let value = match opt.strip_prefix("--hash=") {
+            Some(v) => v,
+            None if *opt == "--hash" => options.next().copied().unwrap_or_default(),
+            None => {
+                return Err(format!(
+                    "`{opt}` after a requirement is not allowed here (only --hash=ALGO:HEX may follow one)"
+                ))
+            }
+        };
+        let ok = value.split_once(':').is_some_and(|(algo, hex)| {
+            matches!(algo, "sha256" | "sha384" | "sha512")
+                && !hex.is_empty()
+                && hex.chars().all(|c| c.is_ascii_hexdigit())
+        });
+        if !ok {
+            return Err(format!(
+                "`--hash {value}` is not ALGO:HEX (sha256, sha384 or sha512)"
+            ));
+        }
+    }
+    let req = Requirement::<pep508_rs::VerbatimUrl>::from_str(&spec).map_err(|e| {
+        let first = e.to_string().lines().next().unwrap_or_default().to_string();
+        format!(
+            "`{spec}` is not a PEP 508 requirement ({first}); write a package name and optional version, e.g. scikit-learn>=1.3 (local paths and bare URLs cannot be built)"
+        )
+    })?;
+    Ok(Parsed {
+        name: normalize_name(req.name.as_ref()),
+        conditional: !req.marker.is_true(),
+        direct: matches!(req.version_or_url, Some(VersionOrUrl::Url(_))),
+    })
+}
+
+/// Checks one logical line of a requirements file (or one pyproject dependency when
+/// `options` is false): a requirement, or an allowed global option.
+fn check_line(line: &str, options: bool) -> std::result::Result<Option<Parsed>, String> {
+    if line.contains("${") {
+        return Err(format!(
+            "`{line}` holds a ${{VAR}} expansion, which pip would fill from its environment; write the value out"
+        ));
+    }
+    if line.starts_with('-') {
+        if !options {
+            return Err(format!("`{line}` is an option, not a dependency"));
+        }
+        return check_option(line).map(|()| None);
+    }
+    parse_requirement(line, options).map(Some)
+}
 
 impl Requirements {
     /// Reads a requirements file (pip's format: one requirement per line, `#` comments,
@@ -132,14 +254,9 @@ impl Requirements {
             let Some(dep) = d.as_str() else {
                 return Err(invalid(source, format!("dependency {d:?} is not a string")));
             };
-            let dep = dep.trim();
-            if leading_name(dep).is_none() {
-                return Err(invalid(
-                    source,
-                    format!("dependency {dep:?} does not start with a package name"),
-                ));
-            }
-            lines.push(dep.to_string());
+            let dep = dep.split_whitespace().collect::<Vec<_>>().join(" ");
+            check_line(&dep, false).map_err(|why| invalid(source, format!("dependency {why}")))?;
+            lines.push(dep);
         }
         Self::finish(lines, source)
     }
@@ -174,19 +291,7 @@ impl Requirements {
             lines.push(last);
         }
         for line in &lines {
-            let first = line.split([' ', '=']).next().unwrap_or("");
-            if FILE_OPTIONS.contains(&first) || line.starts_with("-r") || line.starts_with("-c") {
-                return Err(invalid(
-                    source,
-                    format!("`{line}` names another file, which the build cannot see; list every package in this one file"),
-                ));
-            }
-            if !line.starts_with('-') && leading_name(line).is_none() {
-                return Err(invalid(
-                    source,
-                    format!("`{line}` does not start with a package name; local paths and bare URLs cannot be built (use `name @ https://...` for a URL)"),
-                ));
-            }
+            check_line(line, true).map_err(|why| invalid(source, why))?;
         }
         Self::finish(lines, source)
     }
@@ -194,9 +299,15 @@ impl Requirements {
     fn finish(mut lines: Vec<String>, source: &str) -> Result<Self> {
         lines.sort();
         lines.dedup();
+        let direct = lines
+            .iter()
+            .filter(|l| matches!(check_line(l, true), Ok(Some(p)) if p.direct))
+            .cloned()
+            .collect();
         let reqs = Requirements {
             lines,
             source: source.to_string(),
+            direct,
         };
         if reqs.requested().is_empty() {
             return Err(invalid(
@@ -211,12 +322,10 @@ impl Requirements {
     pub fn requested(&self) -> Vec<Requested> {
         self.lines
             .iter()
-            .filter(|l| !l.starts_with('-'))
-            .filter_map(|l| {
-                leading_name(l).map(|n| Requested {
-                    name: normalize_name(n),
-                    conditional: l.contains(';'),
-                })
+            .filter_map(|l| check_line(l, true).ok().flatten())
+            .map(|p| Requested {
+                name: p.name,
+                conditional: p.conditional,
             })
             .collect()
     }
@@ -295,14 +404,77 @@ mod tests {
             "-e .",
             "./pkg.whl",
             "/abs/x",
+            // Spellings pip accepts that a first-word check missed.
+            "-e/path/to/project",
+            "-r/etc/shadow",
+            "-c/etc/shadow",
+            "--requireme /etc/shadow",
+            "--constrai /etc/shadow",
+            "--editab /srv/project",
+            "--edit=/srv/project",
+            "--find-links /srv/wheels",
+            "-f /srv/wheels",
+            "--no-index",
+            "--use-feature=truststore",
+            "--config-settings x=y",
+            "--index-url file:///etc",
+            "-ifile:///etc",
+            "--extra-index-url /srv/index",
+            "--pre now",
+            "--index-url",
+            "https://example.org/pkg-1.0.tar.gz",
+            "git+https://example.org/repo.git",
+            "file:///srv/evil-1.0.tar.gz",
+            "evil==1.0 --global-option=--x",
+            "evil==1.0 --install-option=--prefix=/",
+            "evil==1.0 -e/srv/x",
+            "evil==1.0 --hash=md5:abc",
+            "evil @ file://${HOME}/evil.tar.gz",
+            "--extra-index-url https://${TOKEN}@example.org/simple",
+            "evil[",
+            "evil (>=",
         ] {
-            let e = Requirements::parse(bad, "req.txt").unwrap_err().to_string();
+            let e = Requirements::parse(&format!("tabulate\n{bad}\n"), "req.txt")
+                .err()
+                .unwrap_or_else(|| panic!("{bad:?} was accepted"))
+                .to_string();
             assert!(e.contains("req.txt"), "{e}");
         }
         let e = Requirements::parse("# nothing\n--pre\n", "req.txt")
             .unwrap_err()
             .to_string();
         assert!(e.contains("no package"), "{e}");
+    }
+
+    #[test]
+    fn allowed_options_and_hashes_are_understood() {
+        let r = Requirements::parse(
+            "--pre\n--prefer-binary\n--index-url https://pypi.example/simple\n-ihttps://i.example/simple\n--extra-index-url=https://x.example/simple\n--trusted-host x.example\n--only-binary :all:\ntabulate==0.9.0 --hash=sha256:0123abcd --hash sha256:ffee\n",
+            "req.txt",
+        )
+        .unwrap();
+        assert_eq!(r.requested().len(), 1);
+        assert!(r.direct.is_empty());
+    }
+
+    #[test]
+    fn direct_references_are_recorded() {
+        let r = Requirements::parse(
+            "tabulate\nevil @ file:///srv/evil-1.0.tar.gz\nother @ https://example.org/o-1.0-py3-none-any.whl\n",
+            "req.txt",
+        )
+        .unwrap();
+        assert_eq!(r.direct.len(), 2, "{:?}", r.direct);
+        let p = Requirements::parse_pyproject(
+            "[project]\ndependencies = [\"evil @ file:///srv/evil-1.0.tar.gz\"]\n",
+            "pyproject.toml",
+        )
+        .unwrap();
+        assert_eq!(p.direct.len(), 1);
+        for bad in ["--pre", "-e/srv/x", "./x", "evil==1 --hash=sha256:ab"] {
+            let text = format!("[project]\ndependencies = [\"{bad}\"]\n");
+            assert!(Requirements::parse_pyproject(&text, "p").is_err(), "{bad}");
+        }
     }
 
     #[test]

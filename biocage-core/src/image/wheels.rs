@@ -1,29 +1,15 @@
-//! Wheels fetched on the host for an image's Python and platform, for builds whose
-//! containers cannot reach a package index.
+//! Wheels for an image's Python and platform, for builds whose containers cannot reach
+//! a package index. pip never runs on the host (a requirement could make it run a
+//! package's build code there): it runs in a throwaway sandbox.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-
-use tokio::io::{AsyncBufReadExt, BufReader};
+use std::time::Duration;
 
 use super::probe::PythonTarget;
 use super::{BuildEvent, Progress};
+use crate::config::SandboxConfig;
 use crate::error::{Error, Result};
-
-/// Where the host's wheels come from.
-#[derive(Debug, Clone)]
-pub(crate) enum WheelSource {
-    /// Only these folders, no index (`--wheels DIR`): nothing is fetched.
-    Folders(Vec<PathBuf>),
-    /// The host's wheel cache first, then the package index (fetched wheels are kept in
-    /// the cache); `fresh` skips the cache-only attempt.
-    Index {
-        /// The cache folder.
-        cache: PathBuf,
-        /// Resolve against the index even when the cache could do.
-        fresh: bool,
-    },
-}
+use crate::runtime::SandboxRuntime;
 
 /// The host's wheel cache: `BIOCAGE_WHEEL_CACHE`, else `$XDG_CACHE_HOME/biocage/wheels`,
 /// else `~/.cache/biocage/wheels`.
@@ -38,87 +24,75 @@ pub fn wheel_cache_dir() -> PathBuf {
     base.join("biocage").join("wheels")
 }
 
-/// The host interpreter that runs pip: `BIOCAGE_HOST_PYTHON`, else `python3`.
-fn host_python() -> String {
-    std::env::var("BIOCAGE_HOST_PYTHON").unwrap_or_else(|_| "python3".to_string())
-}
+/// Where the download sandbox writes the wheels (a read-write exposure of the stage).
+const OUT: &str = "/biocage/out";
+/// Where it sees the host's wheel cache (read-only).
+const CACHE: &str = "/biocage/cache";
+/// Where it sees the host's CA certificates (read-only).
+const CA: &str = "/biocage/ca-certificates.crt";
+/// The host's CA bundle, unless SSL_CERT_FILE names another.
+const HOST_CA: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// How long one download may take.
+const DOWNLOAD_TIME: Duration = Duration::from_secs(30 * 60);
+/// What the download sandbox may hold in wheels (a tmpfs, counted in its memory).
+const DOWNLOAD_BYTES: u64 = 3 << 30;
 
-/// What one pip run printed, and whether it succeeded.
-struct PipRun {
-    ok: bool,
-    lines: Vec<String>,
-}
+/// Python run in the download sandbox: pip, as the sandbox's non-root user, with the
+/// arguments and requirements given as JSON (no quoting of host text into code).
+const DOWNLOAD: &str = r#"
+import hashlib, importlib.util, json, os, re, shutil, subprocess, sys, urllib.request
+_args = json.loads(ARGS)
+with open("/tmp/requirements.txt", "w") as _f:
+    _f.write(REQS)
+os.environ.update(HOST_ENV)
+_env = dict(os.environ, HOME="/tmp", PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1",
+            PIP_NO_CACHE_DIR="1", PIP_PROGRESS_BAR="off")
+_pip = [sys.executable, "-m", "pip"]
+if importlib.util.find_spec("pip") is None:
+    # No pip in this image: fetch pip's wheel from the index (checked against its hash)
+    # and run pip from it; the wheel goes out with the rest.
+    _index = _env.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
+    _req = urllib.request.Request(_index + "/pip/",
+                                  headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    _files = json.load(urllib.request.urlopen(_req, timeout=60))["files"]
+    def _version(f):
+        return [int(x) for x in re.findall(r"\d+", f["filename"].split("-")[1])]
+    _wheels = [f for f in _files if re.fullmatch(r"pip-[\d.]+-py3-none-any\.whl", f["filename"])
+               and not f.get("yanked")]
+    _best = max(_wheels, key=_version)
+    _data = urllib.request.urlopen(_best["url"], timeout=300).read()
+    if hashlib.sha256(_data).hexdigest() != _best["hashes"]["sha256"]:
+        raise SystemExit("the pip wheel from the index does not match its sha256")
+    _wheel = os.path.join(OUT, _best["filename"])
+    with open(_wheel, "wb") as _f:
+        _f.write(_data)
+    shutil.copy(_wheel, "/tmp/" + _best["filename"])
+    _pip = [sys.executable, "/tmp/" + _best["filename"] + "/pip"]
+_r = subprocess.run(_pip + ["download", "-d", OUT] + _args + ["-r", "/tmp/requirements.txt"],
+                    env=_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT, text=True)
+print(_r.stdout)
+if _r.returncode:
+    raise SystemExit(_r.returncode)
+"#;
 
-impl PipRun {
-    /// pip's own `ERROR:` lines, or its last lines when it printed none.
-    fn error_text(&self) -> String {
-        let errors: Vec<&str> = self
-            .lines
-            .iter()
-            .map(String::as_str)
-            .filter(|l| l.starts_with("ERROR:"))
-            .collect();
-        if errors.is_empty() {
-            let n = self.lines.len();
-            self.lines[n.saturating_sub(3)..].join(" / ")
-        } else {
-            errors.join(" ")
-        }
+/// pip's own `ERROR:` lines of `output`, or its last lines when it printed none.
+fn error_text(output: &str) -> String {
+    let lines: Vec<&str> = output
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let errors: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("ERROR:"))
+        .collect();
+    if errors.is_empty() {
+        lines[lines.len().saturating_sub(3)..].join(" / ")
+    } else {
+        errors.join(" ")
     }
-}
-
-/// Runs the host's pip with `args`, showing its lines when `show` is set.
-async fn pip(args: &[String], show: bool, progress: &mut Progress<'_>) -> Result<PipRun> {
-    let python = host_python();
-    let mut child = tokio::process::Command::new(&python)
-        .args(["-m", "pip"])
-        .args(args)
-        .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
-        .env("PIP_NO_INPUT", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| Error::BuildFailed {
-            image: String::new(),
-            reason: format!(
-                "offline builds download wheels with the host's pip, and `{python} -m pip` could not start ({e}); install python3 and pip (Debian: apt-get install python3-pip) or set BIOCAGE_HOST_PYTHON"
-            ),
-        })?;
-    let mut out = child.stdout.take().map(|s| BufReader::new(s).lines());
-    let mut err = child.stderr.take().map(|s| BufReader::new(s).lines());
-    let mut lines = Vec::new();
-    while out.is_some() || err.is_some() {
-        let line = tokio::select! {
-            l = async { out.as_mut()?.next_line().await.ok().flatten() }, if out.is_some() => {
-                if l.is_none() { out = None; }
-                l
-            }
-            l = async { err.as_mut()?.next_line().await.ok().flatten() }, if err.is_some() => {
-                if l.is_none() { err = None; }
-                l
-            }
-        };
-        if let Some(line) = line {
-            let line = line.trim_end().to_string();
-            if line.is_empty() {
-                continue;
-            }
-            if show {
-                progress(BuildEvent::Line(&line));
-            }
-            lines.push(line);
-        }
-    }
-    let status = child
-        .wait()
-        .await
-        .map_err(|e| Error::io(format!("waiting for {python} -m pip"), e))?;
-    Ok(PipRun {
-        ok: status.success(),
-        lines,
-    })
 }
 
 /// Files of `dir` whose names end in `.whl`.
@@ -135,115 +109,118 @@ fn wheels_in(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Fetches into `stage` every wheel that `requirement_args` (pip arguments such as
-/// `-r FILE` or package names) needs on `target`, resolved on the host from `source`.
-/// Returns the wheels now in `stage`.
+/// Fetches into `job.stage` every wheel that `job.requirements` (a requirements file's
+/// text) needs on `job.target`, from the package index (and the host's wheel cache,
+/// unless `job.fresh`). pip never runs on the host: it runs in a throwaway sandbox on `image` as
+/// its non-root user, with network, and only wheels come out (`--only-binary=:all:`);
+/// new wheels are then kept in the cache. Returns the wheels now in `stage`.
+/// One download of wheels in a sandbox (see [`download`]).
+pub(crate) struct Download<'a> {
+    /// The image the sandbox runs (one with pip, or pip is fetched first).
+    pub image: &'a str,
+    /// A requirements file's text.
+    pub requirements: &'a str,
+    /// The interpreter and platform the wheels are for.
+    pub target: &'a PythonTarget,
+    /// The host's wheel cache.
+    pub cache: &'a Path,
+    /// Skip the cache.
+    pub fresh: bool,
+    /// Where the wheels go.
+    pub stage: &'a Path,
+}
+
 pub(crate) async fn download(
-    requirement_args: &[String],
-    target: &PythonTarget,
-    source: &WheelSource,
-    stage: &Path,
+    rt: &dyn SandboxRuntime,
+    job: &Download<'_>,
     progress: &mut Progress<'_>,
 ) -> Result<Vec<PathBuf>> {
-    let mut base: Vec<String> = vec![
-        "download".into(),
-        "--progress-bar".into(),
-        "off".into(),
-        "-d".into(),
-        stage.display().to_string(),
-    ];
-    base.extend(target.pip_target_args());
+    let Download {
+        image,
+        requirements,
+        target,
+        cache,
+        fresh,
+        stage,
+    } = *job;
+    std::fs::create_dir_all(cache)
+        .map_err(|e| Error::io(format!("creating the wheel cache {}", cache.display()), e))?;
+    let mut args = target.pip_target_args();
+    if !fresh {
+        args.extend(["--find-links".to_string(), CACHE.to_string()]);
+    }
     let what = format!("wheels for {}", target.describe());
-    let run = match source {
-        WheelSource::Folders(dirs) => {
-            let mut args = base.clone();
-            args.extend(["--isolated".into(), "--no-index".into()]);
-            for d in dirs {
-                args.push("--find-links".into());
-                args.push(d.display().to_string());
-            }
-            args.extend(requirement_args.iter().cloned());
-            progress(BuildEvent::Phase(&format!(
-                "resolving {what} from {}",
-                dirs.iter()
-                    .map(|d| d.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-            let run = pip(&args, true, progress).await?;
-            if !run.ok {
-                return Err(Error::BuildFailed {
-                    image: String::new(),
-                    reason: format!(
-                        "pip on the host found no {what} in the given folders: {}; put the missing wheels there, or leave out --wheels to fetch them from the package index",
-                        run.error_text(),
-                    ),
-                });
-            }
-            run
+    progress(BuildEvent::Phase(&format!(
+        "downloading {what} in a sandbox on {image}"
+    )));
+    let mut host_env = serde_json::Map::new();
+    let mut config = SandboxConfig::builder()
+        .image(image)
+        .network(true)
+        .allow_unenforced_limits(true)
+        .timeout(DOWNLOAD_TIME)
+        .memory_bytes(DOWNLOAD_BYTES + (1 << 30))
+        .rw_exposure_bytes(DOWNLOAD_BYTES)
+        .expose_rw(stage, OUT)
+        .expose(cache, CACHE);
+    // The host's pip index settings, and its CA certificates (an intercepting proxy's
+    // CA is often only there), reach pip in the sandbox; nothing else of the host's.
+    for var in ["PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST"] {
+        if let Ok(v) = std::env::var(var) {
+            host_env.insert(var.into(), v.into());
         }
-        WheelSource::Index { cache, fresh } => {
-            std::fs::create_dir_all(cache).map_err(|e| {
-                Error::io(format!("creating the wheel cache {}", cache.display()), e)
-            })?;
-            let mut from_cache = None;
-            if !fresh {
-                let mut args = base.clone();
-                args.extend(["--no-index".into(), "--find-links".into()]);
-                args.push(cache.display().to_string());
-                args.extend(requirement_args.iter().cloned());
-                progress(BuildEvent::Phase(&format!(
-                    "resolving {what} from the host's wheel cache"
-                )));
-                let run = pip(&args, false, progress).await?;
-                if run.ok {
-                    from_cache = Some(run);
-                }
-            }
-            match from_cache {
-                Some(run) => run,
-                None => {
-                    // Not all in the cache: fetch from the index, then keep them.
-                    for w in wheels_in(stage) {
-                        let _ = std::fs::remove_file(w);
-                    }
-                    let mut args = base.clone();
-                    args.push("--find-links".into());
-                    args.push(cache.display().to_string());
-                    args.extend(requirement_args.iter().cloned());
-                    progress(BuildEvent::Phase(&format!(
-                        "downloading {what} on the host"
-                    )));
-                    let run = pip(&args, true, progress).await?;
-                    if !run.ok {
-                        return Err(Error::BuildFailed {
-                            image: String::new(),
-                            reason: format!(
-                                "pip on the host could not get {what}: {}",
-                                run.error_text()
-                            ),
-                        });
-                    }
-                    for w in wheels_in(stage) {
-                        if let Some(name) = w.file_name() {
-                            let kept = cache.join(name);
-                            if !kept.exists() {
-                                if let Err(e) = std::fs::copy(&w, &kept) {
-                                    tracing::warn!(
-                                        "could not keep {} in the wheel cache: {e}",
-                                        w.display()
-                                    );
-                                }
-                            }
-                        }
-                    }
-                    run
+    }
+    let ca = std::env::var_os("SSL_CERT_FILE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(HOST_CA));
+    if ca.is_file() {
+        config = config.expose(&ca, CA);
+        for var in ["PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"] {
+            host_env.insert(var.into(), CA.into());
+        }
+    }
+    let config = config.build()?;
+    let code = format!(
+        "import json\nARGS = {}\nREQS = {}\nOUT = {}\nHOST_ENV = json.loads({})\n{DOWNLOAD}",
+        json_str(&serde_json::to_string(&args).unwrap_or_default()),
+        json_str(requirements),
+        json_str(OUT),
+        json_str(&serde_json::Value::Object(host_env).to_string()),
+    );
+    let run = rt.run_once(&config, &code).await.map_err(|e| Error::BuildFailed {
+        image: String::new(),
+        reason: format!(
+            "the sandbox that downloads {what} could not run ({e}); it needs network (engines whose sandboxes have none here: rootless Podman without /dev/net/tun, gVisor): give a folder of wheels with --wheels DIR instead"
+        ),
+    })?;
+    for line in run.stdout.lines().filter(|l| !l.trim().is_empty()) {
+        progress(BuildEvent::Line(line.trim_end()));
+    }
+    if !run.success {
+        return Err(Error::BuildFailed {
+            image: String::new(),
+            reason: format!(
+                "pip in the download sandbox could not get {what}: {}",
+                error_text(&format!("{}\n{}", run.stdout, run.stderr))
+            ),
+        });
+    }
+    for w in wheels_in(stage) {
+        if let Some(name) = w.file_name() {
+            let kept = cache.join(name);
+            if !kept.exists() {
+                if let Err(e) = std::fs::copy(&w, &kept) {
+                    tracing::warn!("could not keep {} in the wheel cache: {e}", w.display());
                 }
             }
         }
-    };
-    drop(run);
+    }
     Ok(wheels_in(stage))
+}
+
+/// `text` as a Python string literal (JSON's string syntax is a subset of Python's).
+fn json_str(text: &str) -> String {
+    serde_json::Value::String(text.to_string()).to_string()
 }
 
 /// A pip wheel in `dirs`, the newest by version, if there is one.
