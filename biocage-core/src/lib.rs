@@ -18,6 +18,7 @@ pub mod container;
 pub mod engine;
 mod engine_runtime;
 pub mod error;
+mod hostfs;
 pub mod image;
 mod launch;
 pub mod limits;

@@ -8,7 +8,6 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
@@ -20,6 +19,7 @@ use base64::Engine as _;
 use crate::channel::AgentChannel;
 use crate::config::{Exposure, SandboxConfig, RW_MAX_DEPTH, RW_MAX_PATH};
 use crate::error::{Error, Result};
+use crate::hostfs::{self, open_dir_below, remove_below, split, Listed};
 use crate::protocol::{Change, ChangeKind, FilePath, Reply, Request};
 
 /// Bytes moved per request while filling or copying back.
@@ -39,15 +39,6 @@ pub(crate) struct RwMirror {
     exposures: Vec<Exposure>,
     max_bytes: u64,
     max_files: u32,
-}
-
-/// One entry of a host folder to copy in.
-#[derive(Debug)]
-struct HostEntry {
-    rel: PathBuf,
-    dir: bool,
-    mode: u32,
-    size: u64,
 }
 
 fn io_err(action: String) -> impl FnOnce(io::Error) -> Error {
@@ -112,8 +103,8 @@ impl RwMirror {
                 }
                 let mut offset = 0;
                 loop {
-                    let (file, at) = (e.host.join(&entry.rel), offset);
-                    let data = tokio::task::spawn_blocking(move || read_chunk(&file, at))
+                    let (root, listed, at) = (e.host.clone(), entry.clone(), offset);
+                    let data = tokio::task::spawn_blocking(move || read_chunk(&root, &listed, at))
                         .await
                         .map_err(agent_err)??;
                     let len = data.len() as u64;
@@ -354,89 +345,24 @@ fn checked_rel(raw: &[u8]) -> std::result::Result<PathBuf, String> {
     Ok(path)
 }
 
-fn cstr(name: &std::ffi::OsStr) -> io::Result<std::ffi::CString> {
-    std::ffi::CString::new(name.as_bytes()).map_err(io::Error::other)
-}
-
-fn openat(dir: &OwnedFd, name: &std::ffi::OsStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
-    let c = cstr(name)?;
-    // SAFETY: a valid directory descriptor and a NUL-terminated name.
-    let fd = unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            c.as_ptr(),
-            flags | libc::O_CLOEXEC | libc::O_NOFOLLOW,
-            mode,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a descriptor just returned by openat, owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// The folder `rel` below `root`, each component opened without following a link;
-/// missing ones are made (mode 0700) when `create`.
-fn open_dir_below(root: &Path, rel: &Path, create: bool) -> io::Result<OwnedFd> {
-    let flags = libc::O_RDONLY | libc::O_DIRECTORY;
-    let mut dir: OwnedFd = fs::File::open(root)?.into();
-    for part in rel.components() {
-        let name = part.as_os_str();
-        dir = match openat(&dir, name, flags, 0) {
-            Err(e) if create && e.kind() == io::ErrorKind::NotFound => {
-                let c = cstr(name)?;
-                // SAFETY: a valid directory descriptor and a NUL-terminated name.
-                if unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), 0o700) } != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                openat(&dir, name, flags, 0)?
-            }
-            Err(e) if create && e.raw_os_error() == Some(libc::ENOTDIR) => {
-                // A file the sandbox replaced by a folder.
-                let c = cstr(name)?;
-                // SAFETY: as above.
-                if unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), 0) } != 0
-                    || unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), 0o700) } != 0
-                {
-                    return Err(io::Error::last_os_error());
-                }
-                openat(&dir, name, flags, 0)?
-            }
-            other => other?,
-        };
-    }
-    Ok(dir)
-}
-
-fn split(rel: &Path) -> io::Result<(&Path, &std::ffi::OsStr)> {
-    match (rel.parent(), rel.file_name()) {
-        (Some(parent), Some(name)) => Ok((parent, name)),
-        _ => Err(io::Error::other("empty path")),
-    }
-}
-
 /// Creates or truncates the file `rel` below `root` (never through a link). A new file
 /// gets the owner bits the sandbox gave it, no more (at least read and write); an
 /// existing one keeps its mode, less setuid, setgid and sticky.
 fn create_below(root: &Path, rel: &Path, sandbox_mode: u32) -> io::Result<fs::File> {
+    use rustix::fs::{Mode, OFlags};
     let (parent, name) = split(rel)?;
     let dir = open_dir_below(root, parent, true)?;
-    let mode = (sandbox_mode & 0o700) | 0o600;
-    let fd = match openat(
-        &dir,
-        name,
-        libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NONBLOCK,
-        mode,
-    ) {
-        Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
+    let mode = Mode::from_raw_mode((sandbox_mode & 0o700) | 0o600);
+    let flags = OFlags::WRONLY
+        | OFlags::CREATE
+        | OFlags::TRUNC
+        | OFlags::NONBLOCK
+        | OFlags::NOFOLLOW
+        | OFlags::CLOEXEC;
+    let fd = match rustix::fs::openat(&dir, name, flags, mode) {
+        Err(rustix::io::Errno::ISDIR) => {
             remove_below(root, rel)?;
-            openat(
-                &dir,
-                name,
-                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
-                mode,
-            )?
+            rustix::fs::openat(&dir, name, flags, mode)?
         }
         other => other?,
     };
@@ -452,83 +378,55 @@ fn create_below(root: &Path, rel: &Path, sandbox_mode: u32) -> io::Result<fs::Fi
     Ok(file)
 }
 
-/// Removes the file or (empty) folder `rel` below `root`, never through a link.
-fn remove_below(root: &Path, rel: &Path) -> io::Result<()> {
-    let (parent, name) = split(rel)?;
-    let dir = match open_dir_below(root, parent, false) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        other => other?,
-    };
-    let c = cstr(name)?;
-    // SAFETY: a valid directory descriptor and a NUL-terminated name.
-    if unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), 0) } == 0 {
-        return Ok(());
-    }
-    let err = io::Error::last_os_error();
-    match err.raw_os_error() {
-        Some(libc::ENOENT) => Ok(()),
-        Some(libc::EISDIR) => {
-            // SAFETY: as above.
-            if unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), libc::AT_REMOVEDIR) } == 0 {
-                Ok(())
-            } else {
-                let e = io::Error::last_os_error();
-                if e.raw_os_error() == Some(libc::ENOENT) {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            }
-        }
-        _ => Err(err),
-    }
-}
-
 /// The entries of a host folder to copy in (folders first), without following links;
 /// refuses a folder over the caps.
-fn list_host(root: &Path, max_bytes: u64, max_files: u32) -> Result<Vec<HostEntry>> {
-    let mut out = Vec::new();
+fn list_host(root: &Path, max_bytes: u64, max_files: u32) -> Result<Vec<Listed>> {
     let mut total = 0u64;
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        let dir = root.join(&rel);
-        for entry in fs::read_dir(&dir).map_err(io_err(format!("listing {}", dir.display())))? {
-            let entry = entry.map_err(io_err(format!("listing {}", dir.display())))?;
-            let meta = entry
-                .metadata()
-                .map_err(io_err(format!("reading {}", entry.path().display())))?;
-            let child = rel.join(entry.file_name());
-            if meta.is_dir() {
-                stack.push(child.clone());
-            } else if !meta.is_file() {
-                continue; // links and special files of the host are not copied in
-            }
-            total += if meta.is_file() { meta.len() } else { 0 };
-            let too_many = out.len() >= max_files as usize;
-            if total > max_bytes || too_many || child.components().count() > RW_MAX_DEPTH as usize {
-                return Err(Error::InvalidConfig {
-                    field: "read-write exposure",
-                    value: root.display().to_string(),
-                    reason: format!(
-                        "it holds more than the sandbox copy can ({} bytes, {max_files} files, {RW_MAX_DEPTH} levels); raise rw_exposure_bytes / rw_exposure_files, or expose it read-only",
-                        max_bytes
-                    ),
-                });
-            }
-            out.push(HostEntry {
-                rel: child,
-                dir: meta.is_dir(),
-                mode: meta.mode() & 0o777,
-                size: meta.len(),
-            });
-        }
+    let mut count = 0usize;
+    let over = || {
+        Error::InvalidConfig {
+        field: "read-write exposure",
+        value: root.display().to_string(),
+        reason: format!(
+            "it holds more than the sandbox copy can ({max_bytes} bytes, {max_files} files, {RW_MAX_DEPTH} levels); raise rw_exposure_bytes / rw_exposure_files, or expose it read-only"
+        ),
     }
+    };
+    let mut out = hostfs::walk(root, |e: &Listed| -> std::result::Result<(), WalkError> {
+        total += if e.dir { 0 } else { e.size };
+        count += 1;
+        if total > max_bytes
+            || count > max_files as usize
+            || e.rel.components().count() > RW_MAX_DEPTH as usize
+        {
+            return Err(WalkError::Over(over()));
+        }
+        Ok(())
+    })
+    .map_err(|e| match e {
+        WalkError::Over(e) => e,
+        WalkError::Io(e) => Error::io(format!("listing {}", root.display()), e),
+    })?;
     out.sort_by_key(|e| (!e.dir, e.rel.components().count()));
     Ok(out)
 }
 
-fn read_chunk(path: &Path, offset: u64) -> Result<Vec<u8>> {
-    let file = fs::File::open(path).map_err(io_err(format!("reading {}", path.display())))?;
+/// Why a walk of a host folder stopped.
+enum WalkError {
+    Over(Error),
+    Io(io::Error),
+}
+
+impl From<io::Error> for WalkError {
+    fn from(e: io::Error) -> Self {
+        WalkError::Io(e)
+    }
+}
+
+fn read_chunk(root: &Path, entry: &Listed, offset: u64) -> Result<Vec<u8>> {
+    let path = root.join(&entry.rel);
+    let file =
+        hostfs::open_listed(root, entry).map_err(io_err(format!("reading {}", path.display())))?;
     let left = file
         .metadata()
         .map_err(io_err(format!("reading {}", path.display())))?

@@ -17,11 +17,12 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::config::{Exposure, ExposureMode};
 use crate::error::{Error, Result};
+use crate::hostfs;
 
 /// A host path bound into the container.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -227,29 +228,69 @@ impl Staging {
         )))
     }
 
+    /// Copies the file or folder `from` to `to` for the sandbox user alone. Nothing is
+    /// read through a link, and each file read is the one that was listed (see
+    /// [`crate::hostfs`]): a link swapped in meanwhile is not followed.
     fn copy_in(&self, from: &Path, to: &Path) -> Result<()> {
         let meta =
             fs::symlink_metadata(from).map_err(io_err(format!("reading {}", from.display())))?;
-        if meta.is_dir() {
-            fs::create_dir(to).map_err(io_err(format!("staging {}", from.display())))?;
-            for entry in
-                fs::read_dir(from).map_err(io_err(format!("listing {}", from.display())))?
-            {
-                let entry = entry.map_err(io_err(format!("listing {}", from.display())))?;
-                self.copy_in(&entry.path(), &to.join(entry.file_name()))?;
-            }
-            fs::set_permissions(to, fs::Permissions::from_mode(0o700))
-                .map_err(io_err(format!("protecting {}", to.display())))?;
-            self.grant(to, 0o5)
-        } else if meta.is_file() {
-            fs::copy(from, to).map_err(io_err(format!("staging {}", from.display())))?;
-            fs::set_permissions(to, fs::Permissions::from_mode(0o600))
-                .map_err(io_err(format!("protecting {}", to.display())))?;
-            self.grant(to, 0o4)
-        } else {
-            tracing::debug!("not staging {} (neither file nor folder)", from.display());
-            Ok(())
+        if meta.is_file() {
+            let (parent, name) = match (from.parent(), from.file_name()) {
+                (Some(p), Some(n)) => (p, n),
+                _ => {
+                    return Err(Error::io(
+                        format!("staging {}", from.display()),
+                        io::Error::other("no file name"),
+                    ))
+                }
+            };
+            let entry = hostfs::Listed {
+                rel: PathBuf::from(name),
+                dir: false,
+                mode: meta.mode() & 0o777,
+                size: meta.len(),
+                dev: meta.dev(),
+                ino: meta.ino(),
+            };
+            return self.copy_file(parent, &entry, to);
         }
+        if !meta.is_dir() {
+            tracing::debug!("not staging {} (neither file nor folder)", from.display());
+            return Ok(());
+        }
+        self.make_dir(to)?;
+        let entries = hostfs::walk::<io::Error>(from, |_| Ok(()))
+            .map_err(io_err(format!("listing {}", from.display())))?;
+        for entry in &entries {
+            let dest = to.join(&entry.rel);
+            if entry.dir {
+                self.make_dir(&dest)?;
+            } else {
+                self.copy_file(from, entry, &dest)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn make_dir(&self, to: &Path) -> Result<()> {
+        fs::create_dir(to).map_err(io_err(format!("staging {}", to.display())))?;
+        fs::set_permissions(to, fs::Permissions::from_mode(0o700))
+            .map_err(io_err(format!("protecting {}", to.display())))?;
+        self.grant(to, 0o5)
+    }
+
+    fn copy_file(&self, root: &Path, entry: &hostfs::Listed, to: &Path) -> Result<()> {
+        let from = root.join(&entry.rel);
+        let mut src = hostfs::open_listed(root, entry)
+            .map_err(io_err(format!("staging {}", from.display())))?;
+        let mut dest = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(to)
+            .map_err(io_err(format!("staging {}", from.display())))?;
+        io::copy(&mut src, &mut dest).map_err(io_err(format!("staging {}", from.display())))?;
+        self.grant(to, 0o4)
     }
 }
 

@@ -199,7 +199,9 @@ mod tests {
         .unwrap();
         assert!(f.contains("FROM sha256:abc123\n"));
         assert!(f.contains("COPY requirements-0123abcd.txt /tmp/biocage-build/requirements.txt"));
-        assert!(f.contains("pip-26.3-py3-none-any.whl/pip install --only-binary=:all: --no-index --find-links"));
+        assert!(f.contains(
+            "pip-26.3-py3-none-any.whl/pip install --only-binary=:all: --no-index --find-links"
+        ));
         assert!(f.ends_with("USER 1000:1000\n"));
         let online = Recipe {
             base_id: "sha256:abc123",

@@ -405,3 +405,134 @@ attempt('shared', shared)
     ok(&run(s.as_ref(), "print('alive')").await);
     s.close().await.unwrap();
 }
+
+/// Whoever can write in an exposed folder swaps its files and folders for links to a
+/// private host file, in a loop, while sessions fill their read-write copy and stage
+/// their read-only one: the host (root) never copies the link's target in. A session
+/// either starts without it or refuses to start, saying what changed.
+pub async fn swapped_links_never_reach_the_sandbox(rt: &dyn SandboxRuntime) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let secret_dir = tempfile::tempdir().unwrap();
+    let secret = secret_dir.path().join("secret");
+    std::fs::write(&secret, "HOST-SECRET-CANARY\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // A private folder whose names match the exposed `sub` (as ~/.ssh would for a
+    // link named after it).
+    for i in 0..40 {
+        let g = secret_dir.path().join(format!("g{i}"));
+        std::fs::write(&g, "HOST-SECRET-CANARY\n").unwrap();
+        std::fs::set_permissions(&g, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let shared = tempfile::tempdir().unwrap();
+    let private = tempfile::tempdir().unwrap();
+    // 0700: the read-only exposure is staged (copied), not bound.
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    for dir in [shared.path(), private.path()] {
+        std::fs::create_dir(dir.join("sub")).unwrap();
+        for i in 0..40 {
+            std::fs::write(dir.join(format!("f{i}")), "plain\n").unwrap();
+            std::fs::write(dir.join("sub").join(format!("g{i}")), "plain\n").unwrap();
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let swapper = {
+        let (stop, dirs) = (
+            stop.clone(),
+            vec![shared.path().to_path_buf(), private.path().to_path_buf()],
+        );
+        let (secret, secret_dir) = (secret.clone(), secret_dir.path().to_path_buf());
+        std::thread::spawn(move || {
+            // Each name is atomically exchanged with a link to the secret and back
+            // (renameat2 RENAME_EXCHANGE), so it always exists: a file or a link.
+            let exchange = |a: &std::path::Path, b: &std::path::Path| {
+                use std::os::unix::ffi::OsStrExt;
+                let a = std::ffi::CString::new(a.as_os_str().as_bytes()).unwrap();
+                let b = std::ffi::CString::new(b.as_os_str().as_bytes()).unwrap();
+                // SAFETY: two NUL-terminated paths.
+                unsafe {
+                    libc::renameat2(
+                        libc::AT_FDCWD,
+                        a.as_ptr(),
+                        libc::AT_FDCWD,
+                        b.as_ptr(),
+                        libc::RENAME_EXCHANGE,
+                    )
+                }
+            };
+            let mut pairs = Vec::new();
+            for dir in &dirs {
+                for i in 0..40 {
+                    pairs.push((
+                        dir.join(format!("f{i}")),
+                        dir.join(format!("f{i}.lnk")),
+                        &secret,
+                    ));
+                }
+                pairs.push((dir.join("sub"), dir.join("sub.lnk"), &secret_dir));
+            }
+            for (_, link, target) in &pairs {
+                std::os::unix::fs::symlink(target, link).unwrap();
+            }
+            let mut swaps = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for (name, link, _) in &pairs {
+                    if exchange(name, link) == 0 {
+                        std::thread::yield_now();
+                        exchange(name, link);
+                        swaps += 1;
+                    }
+                }
+            }
+            swaps
+        })
+    };
+    let (mut started, mut refused) = (0, 0);
+    for _ in 0..6 {
+        let config = config_builder(rt)
+            .await
+            .expose_rw(shared.path(), "/data/rw")
+            .expose(private.path(), "/data/ro")
+            .build()
+            .unwrap();
+        let s = match rt.create_session(&config).await {
+            Ok(s) => s,
+            Err(e) => {
+                let text = e.to_string();
+                assert!(!text.contains("CANARY"), "{text}");
+                assert!(
+                    text.contains("changed while it was being copied"),
+                    "a refused start must say what changed: {text}"
+                );
+                refused += 1;
+                continue;
+            }
+        };
+        let r = run(
+            s.as_ref(),
+            r#"
+import os
+seen = []
+for top in ('/data/rw', '/data/ro'):
+    for root, dirs, files in os.walk(top):
+        for name in files:
+            with open(os.path.join(root, name), errors='replace') as f:
+                if 'CANARY' in f.read():
+                    seen.append(os.path.join(root, name))
+print('leaked', seen)
+"#,
+        )
+        .await;
+        let text = ok(&r).to_string();
+        assert!(
+            text.contains("leaked []"),
+            "the host copied a link's target in: {text}"
+        );
+        s.close().await.unwrap();
+        started += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    assert!(swaps > 100, "the swapper ran ({swaps} swaps)");
+    eprintln!("swapped-links: {started} sessions started clean, {refused} refused, {swaps} swaps");
+}
