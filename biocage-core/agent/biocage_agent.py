@@ -102,20 +102,26 @@ _SECCOMP_TABLE = {
         "keyctl": 250, "add_key": 248, "request_key": 249, "bpf": 321,
         "perf_event_open": 298, "userfaultfd": 323, "memfd_create": 319,
         "inotify_init": 253, "inotify_init1": 294, "fanotify_init": 300, "shmget": 29,
+        "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
     }),
     "aarch64": (0xC00000B7, 97, 220, 435, {
         "keyctl": 219, "add_key": 217, "request_key": 218, "bpf": 280,
         "perf_event_open": 241, "userfaultfd": 282, "memfd_create": 279,
         "inotify_init1": 26, "fanotify_init": 262, "shmget": 194,
+        "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
     }),
 }
-ALWAYS_DENIED = ("keyctl", "add_key", "request_key", "bpf", "perf_event_open", "userfaultfd")
+# io_uring is a second system call interface that no seccomp filter can look into
+# (Docker's own profile refuses it since 25.0).
+ALWAYS_DENIED = ("keyctl", "add_key", "request_key", "bpf", "perf_event_open", "userfaultfd",
+                 "io_uring_setup", "io_uring_enter", "io_uring_register")
 
 
 def _forbid_namespaces(extra_denied=()):
     """Installs a seccomp filter (inherited by all user code) that refuses new
     namespaces (unshare; clone with namespace flags; clone3 gets ENOSYS so that libc
-    falls back to clone), the kernel keyring, bpf, perf_event_open, userfaultfd, and
+    falls back to clone), the kernel keyring, bpf, perf_event_open, userfaultfd,
+    io_uring, and
     whatever `extra_denied` names (calls whose resources an engine cannot bound per
     session). Engines' own profiles differ here (rootless Podman allows unshare and
     keyctl); this holds on every one. Returns whether the filter is in place."""

@@ -147,6 +147,9 @@ attr = (ctypes.c_char * 128)()
 attr[0] = 1
 attr[4] = 128
 sys('perf_event_open', 298, attr, 0, -1, -1, 0)
+# io_uring: a second system call interface that seccomp cannot look into.
+params = (ctypes.c_char * 120)()
+sys('io_uring_setup', 425, 8, params)
 sys('ptrace_attach_supervisor', 101, 16, os.getppid(), None, None)
 sys('setuid0', 105, 0)
 # The i386 ABI (int 0x80) from a 64-bit process: unshare(CLONE_NEWUSER) must not get past.
@@ -182,6 +185,7 @@ if su:
         "keyctl",
         "bpf",
         "perf_event_open",
+        "io_uring_setup",
         "ptrace_attach_supervisor",
         "setuid0",
     ] {
