@@ -43,17 +43,3 @@ pub fn serve_argv(config: &serde_json::Value) -> Vec<String> {
         config.to_string(),
     ]
 }
-
-/// argv of a one-off process that kills every process of the sandbox user but init:
-/// used when the supervisor itself stopped answering. It imports nothing (`-S`: not
-/// even `site`; `posix` is built in), so it kills even when every module sandbox code
-/// could plant is hostile.
-pub fn kill_all_argv() -> Vec<String> {
-    vec![
-        PYTHON[0].into(),
-        PYTHON[1].into(),
-        "-S".into(),
-        "-c".into(),
-        "import posix\ntry:\n    posix.kill(-1, 9)\nexcept OSError:\n    pass".into(),
-    ]
-}

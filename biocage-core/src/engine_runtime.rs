@@ -18,6 +18,7 @@ use crate::image::{
 };
 use crate::limits::Capabilities;
 use crate::runtime::{SandboxRuntime, SandboxSummary, Session};
+use crate::session::Relaunch;
 use crate::spec::{ContainerSpec, LABEL_MANAGED};
 
 /// Sandboxes on the engine `E`: Docker and Podman are `EngineRuntime<DockerEngine>` and
@@ -52,18 +53,39 @@ impl<E: Engine> EngineRuntime<E> {
         spec: &ContainerSpec,
         cgroup_limits: bool,
     ) -> Result<Arc<dyn ContainerOps>> {
-        let id = self.engine.create(spec, cgroup_limits).await?;
-        if let Err(e) = self.engine.start(&id).await {
-            if let Err(rm) = self.engine.remove(&spec.name).await {
-                tracing::warn!("removing {} after a failed start: {rm}", spec.name);
-            }
-            return Err(e);
-        }
-        Ok(Arc::new(EngineContainer {
-            engine: self.engine.clone(),
-            ident: ContainerIdentity::of(self.engine.name(), id, spec),
-        }))
+        launch_on(self.engine.clone(), spec, cgroup_limits).await
     }
+
+    /// What makes a fresh sandbox for a session whose supervisor was lost: the same
+    /// spec, under the name `NAME-GENERATION`.
+    pub(crate) fn relauncher(&self, spec: &ContainerSpec, cgroup_limits: bool) -> Relaunch {
+        let (engine, spec) = (self.engine.clone(), spec.clone());
+        Arc::new(move |generation| {
+            let (engine, mut spec) = (engine.clone(), spec.clone());
+            spec.name = format!("{}-{generation}", spec.name);
+            Box::pin(async move { launch_on(engine, &spec, cgroup_limits).await })
+        })
+    }
+}
+
+/// Creates and starts the container `spec` describes on `engine`; on failure nothing is
+/// left.
+async fn launch_on<E: Engine>(
+    engine: Arc<E>,
+    spec: &ContainerSpec,
+    cgroup_limits: bool,
+) -> Result<Arc<dyn ContainerOps>> {
+    let id = engine.create(spec, cgroup_limits).await?;
+    if let Err(e) = engine.start(&id).await {
+        if let Err(rm) = engine.remove(&spec.name).await {
+            tracing::warn!("removing {} after a failed start: {rm}", spec.name);
+        }
+        return Err(e);
+    }
+    Ok(Arc::new(EngineContainer {
+        ident: ContainerIdentity::of(engine.name(), id, spec),
+        engine,
+    }))
 }
 
 impl<E: Connect> EngineRuntime<E> {

@@ -62,9 +62,10 @@ pub(crate) async fn launch_session<E: Engine>(
     let session_id = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
     let spec = ContainerSpec::new(&session_id, &config, &plan, Some(&staging))?;
     let ops = rt.launch(&spec, caps.cgroup_limits).await?;
+    let relaunch = rt.relauncher(&spec, caps.cgroup_limits);
     let mut session = AgentSession::start(
         session_id,
-        ops,
+        (ops, relaunch),
         config,
         plan,
         spec.agent_argv,

@@ -128,9 +128,23 @@ impl RwMirror {
         self.begin(channel).await
     }
 
-    /// Starts tracking changes from what the tmpfs holds now (also after a new
-    /// supervisor replaced one that died: what it held is then copied back again).
-    pub(crate) async fn begin(&self, channel: &AgentChannel) -> Result<()> {
+    /// The note for a run after which the sandbox was replaced: what sandbox code wrote
+    /// in the read-write exposures since the last copy-back was in the old sandbox, and
+    /// nothing there could be trusted to list it.
+    pub(crate) fn lost_note(&self) -> String {
+        let roots: Vec<String> = self
+            .exposures
+            .iter()
+            .map(|e| format!("{} (host {})", e.container, e.host.display()))
+            .collect();
+        format!(
+            "[biocage] NOT copied back: whatever this run wrote in {} after the last copy-back was lost with the replaced sandbox; the host folders hold what earlier runs wrote, and the new sandbox starts from them\n",
+            roots.join(", ")
+        )
+    }
+
+    /// Starts tracking changes from what the tmpfs holds now (just filled).
+    async fn begin(&self, channel: &AgentChannel) -> Result<()> {
         let roots = self.exposures.iter().map(|e| e.container.clone()).collect();
         ask(
             channel,

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 
-use crate::agent::{kill_all_argv, AGENT_VERSION};
+use crate::agent::AGENT_VERSION;
 use crate::channel::{AgentChannel, ChannelError};
 use crate::config::SandboxConfig;
 use crate::container::ContainerOps;
@@ -30,15 +30,27 @@ const QUICK_TIMEOUT: Duration = Duration::from_secs(30);
 const HOST_SLACK: Duration = Duration::from_secs(10);
 
 struct Connection {
+    /// The sandbox the supervisor runs in (a fresh one after a supervisor was lost).
+    ops: Arc<dyn ContainerOps>,
     channel: Arc<AgentChannel>,
     python: String,
 }
+
+/// Makes a fresh sandbox for a session (the argument numbers it): the session's own
+/// spec, started anew.
+pub type Relaunch = Arc<
+    dyn Fn(u64) -> futures_util::future::BoxFuture<'static, Result<Arc<dyn ContainerOps>>>
+        + Send
+        + Sync,
+>;
 
 /// A live sandbox session on any engine: the backend made the container, this drives
 /// the agent in it. Backends return it as `Box<dyn Session>`.
 pub struct AgentSession {
     id: String,
-    ops: Arc<dyn ContainerOps>,
+    relaunch: Relaunch,
+    /// Sandboxes made for this session so far.
+    generation: AtomicU64,
     config: SandboxConfig,
     plan: LimitPlan,
     agent_argv: Vec<String>,
@@ -65,11 +77,12 @@ impl AgentSession {
         self.image_packages = packages;
     }
 
-    /// Starts the agent's supervisor in the (running) container behind `ops`. On failure
-    /// the container is removed.
+    /// Starts the agent's supervisor in the (running) container behind `ops`; `relaunch`
+    /// makes a fresh sandbox should the supervisor be lost. On failure the container is
+    /// removed.
     pub async fn start(
         id: String,
-        ops: Arc<dyn ContainerOps>,
+        (ops, relaunch): (Arc<dyn ContainerOps>, Relaunch),
         config: SandboxConfig,
         plan: LimitPlan,
         agent_argv: Vec<String>,
@@ -77,7 +90,7 @@ impl AgentSession {
     ) -> Result<Self> {
         let mirror = RwMirror::of(&config);
         let started = async {
-            let conn = connect(ops.as_ref(), &agent_argv, &config).await?;
+            let conn = connect(ops.clone(), &agent_argv, &config).await?;
             if let Some(m) = &mirror {
                 m.fill(&conn.channel).await?;
             }
@@ -95,7 +108,8 @@ impl AgentSession {
         tracing::debug!(session = %id, container = %ops.container_id(), "session ready");
         Ok(AgentSession {
             id,
-            ops,
+            relaunch,
+            generation: AtomicU64::new(0),
             config,
             plan,
             agent_argv,
@@ -127,29 +141,42 @@ impl AgentSession {
         self.conn.read().await.channel.clone()
     }
 
-    /// Replaces a supervisor that died or stopped answering: kills every sandbox
-    /// process, starts a new supervisor. Earlier state is gone.
+    async fn ops(&self) -> Arc<dyn ContainerOps> {
+        self.conn.read().await.ops.clone()
+    }
+
+    /// Replaces a sandbox whose supervisor died, stopped answering, or whose container
+    /// is gone: the old container is removed with every process in it, and the session
+    /// goes on in a fresh one (same spec, same uid, exposures filled anew from the host).
+    /// Never a new supervisor in the old sandbox: whatever sandbox code left there could
+    /// wait for it and take it over. Earlier state is gone.
     async fn reconnect(&self) -> Result<()> {
-        if !self.ops.is_running().await? {
-            return Err(Error::Agent(format!(
-                "container {} is no longer running; create a new session",
-                self.ops.container_name()
-            )));
-        }
         let mut conn = self.conn.write().await;
-        tracing::warn!(session = %self.id, "restarting the sandbox supervisor");
-        if let Ok(streams) = self.ops.exec_attached(kill_all_argv()).await {
-            // Wait for the killer to finish: its stdout ends when it exits.
-            let mut out = streams.stdout;
-            let _ = tokio::time::timeout(Duration::from_secs(10), async {
-                use futures_util::StreamExt;
-                while out.next().await.is_some() {}
-            })
-            .await;
+        let old = conn.ops.clone();
+        tracing::warn!(session = %self.id, container = %old.container_id(), "the sandbox supervisor was lost; replacing the sandbox");
+        if let Err(e) = old.remove().await {
+            tracing::warn!(
+                "removing the sandbox {} whose supervisor was lost: {e}",
+                old.container_id()
+            );
         }
-        *conn = connect(self.ops.as_ref(), &self.agent_argv, &self.config).await?;
-        if let Some(m) = &self.mirror {
-            m.begin(&conn.channel).await?;
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        let ops = (self.relaunch)(generation).await?;
+        let started = async {
+            let new = connect(ops.clone(), &self.agent_argv, &self.config).await?;
+            if let Some(m) = &self.mirror {
+                m.fill(&new.channel).await?;
+            }
+            Ok::<_, Error>(new)
+        };
+        match started.await {
+            Ok(new) => *conn = new,
+            Err(e) => {
+                if let Err(rm) = ops.remove().await {
+                    tracing::warn!("removing {} after a failed start: {rm}", ops.container_id());
+                }
+                return Err(e);
+            }
         }
         self.lost.store(true, Ordering::Release);
         Ok(())
@@ -246,7 +273,7 @@ impl AgentSession {
                 self.lost_result(
                     ErrorKind::Crashed,
                     "SupervisorKilled",
-                    "the sandbox supervisor was killed during the run (output of the run is lost); a fresh interpreter was started and earlier state is lost".into(),
+                    "the sandbox supervisor was killed during the run (output of the run is lost); the session goes on in a fresh sandbox and earlier state is lost".into(),
                     EXIT_KILLED,
                     elapsed,
                 )
@@ -264,6 +291,9 @@ impl AgentSession {
         };
         if self.lost.swap(false, Ordering::AcqRel) {
             result.state_lost = true;
+            if let Some(m) = &self.mirror {
+                result.stderr.push_str(&m.lost_note());
+            }
         }
         if let Some(note) = self.sync_back().await {
             result.stderr.push_str(&note);
@@ -291,7 +321,7 @@ impl AgentSession {
 }
 
 async fn connect(
-    ops: &dyn ContainerOps,
+    ops: Arc<dyn ContainerOps>,
     argv: &[String],
     config: &SandboxConfig,
 ) -> Result<Connection> {
@@ -309,6 +339,7 @@ async fn connect(
     }
     check_hardening(&hello, config.allow_unenforced_limits)?;
     Ok(Connection {
+        ops,
         channel: Arc::new(channel),
         python: hello.python,
     })
@@ -453,13 +484,14 @@ impl Session for AgentSession {
 
     async fn info(&self) -> Result<SessionInfo> {
         self.check_open()?;
+        let ops = self.ops().await;
         Ok(SessionInfo {
             session_id: self.id.clone(),
-            runtime: self.ops.engine().to_string(),
+            runtime: ops.engine().to_string(),
             isolation: self.config.isolation,
-            container_id: self.ops.container_id().to_string(),
-            container_name: self.ops.container_name().to_string(),
-            is_running: self.ops.is_running().await?,
+            container_id: ops.container_id().to_string(),
+            container_name: ops.container_name().to_string(),
+            is_running: ops.is_running().await?,
             image: self.config.image.clone(),
             exposed_paths: self.config.exposures.clone(),
             temp_files: usize::try_from(self.temp_files.load(Ordering::Relaxed))
@@ -532,7 +564,7 @@ impl Session for AgentSession {
         if let Some(note) = self.sync_back().await {
             tracing::warn!(session = %self.id, "{}", note.trim_end());
         }
-        let removed = self.ops.remove().await;
+        let removed = self.ops().await.remove().await;
         release(self.held.take()).await;
         removed
     }
@@ -552,9 +584,9 @@ impl Drop for AgentSession {
     fn drop(&mut self) {
         if !self.closed.swap(true, Ordering::AcqRel) {
             tracing::debug!(session = %self.id, "session dropped without close; removing its container");
-            let ops = self.ops.clone();
+            let conn = self.conn.get_mut();
+            let (ops, channel) = (conn.ops.clone(), Some(conn.channel.clone()));
             let mirror = self.mirror.clone();
-            let channel = self.conn.try_read().ok().map(|c| c.channel.clone());
             // Released only once the container is gone: its uid must not be handed out
             // while it still runs.
             let held = self.held.take();
@@ -587,7 +619,14 @@ impl std::fmt::Debug for AgentSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AgentSession")
             .field("id", &self.id)
-            .field("container", &self.ops.container_id())
+            .field(
+                "container",
+                &self
+                    .conn
+                    .try_read()
+                    .map(|c| c.ops.container_id().to_string())
+                    .ok(),
+            )
             .finish_non_exhaustive()
     }
 }

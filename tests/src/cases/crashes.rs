@@ -2,7 +2,7 @@
 
 use biocage_core::{ErrorKind, SandboxRuntime};
 
-use crate::harness::{ok, run, session};
+use crate::harness::{config_builder, ok, run, session};
 
 /// os._exit, a segfault, a signal: crashed, state lost, next run works in a fresh
 /// interpreter. (sys.exit ends the run only: see fidelity::sys_exit_ends_the_run.)
@@ -133,5 +133,52 @@ pub async fn forked_interpreters_do_not_take_over(rt: &dyn SandboxRuntime) {
         t.elapsed()
     );
     assert_eq!(ok(&run(s.as_ref(), "print(1)").await), "1\n");
+    s.close().await.unwrap();
+}
+
+/// What a run writes in a read-write exposure and then kills its supervisor reaches the
+/// host, or the result says what was not copied back: never lost silently. Earlier
+/// runs' files are on the host and in the fresh sandbox.
+pub async fn rw_changes_of_a_lost_supervisor_are_never_lost_silently(rt: &dyn SandboxRuntime) {
+    let out = tempfile::tempdir().unwrap();
+    let config = config_builder(rt)
+        .await
+        .expose_rw(out.path(), "/data/out")
+        .build()
+        .unwrap();
+    let s = rt.create_session(&config).await.unwrap();
+    ok(&run(
+        s.as_ref(),
+        "open('/data/out/a.txt', 'w').write('first run')",
+    )
+    .await);
+    let r = run(
+        s.as_ref(),
+        "import os\nopen('/data/out/b.txt', 'w').write('second run')\nos.kill(os.getppid(), 9)",
+    )
+    .await;
+    assert!(r.state_lost && !r.success, "{}", r.to_json());
+    let arrived = out.path().join("b.txt").exists();
+    assert!(
+        arrived || (r.stderr.contains("NOT copied back") && r.stderr.contains("/data/out")),
+        "b.txt neither reached the host nor was reported: {}",
+        r.to_json()
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("a.txt")).unwrap(),
+        "first run"
+    );
+    let r = run(s.as_ref(), "print(open('/data/out/a.txt').read())").await;
+    assert_eq!(ok(&r), "first run\n");
+    // The next runs copy back as before.
+    ok(&run(
+        s.as_ref(),
+        "open('/data/out/c.txt', 'w').write('third run')",
+    )
+    .await);
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("c.txt")).unwrap(),
+        "third run"
+    );
     s.close().await.unwrap();
 }

@@ -393,3 +393,66 @@ pub async fn large_code_is_capped_and_linear(rt: &dyn SandboxRuntime) {
     assert_eq!(r.value.as_deref(), Some("3"));
     s.close().await.unwrap();
 }
+
+/// A daemon that sandbox code leaves behind, and that kills every new process it sees
+/// (the host's kill helper) to wait for the next supervisor and take it over, never
+/// meets one: when the supervisor dies, the session goes on in a fresh sandbox, and
+/// nothing of the old one (its processes, its /tmp) is there.
+pub async fn a_killed_supervisor_is_never_replaced_in_the_same_sandbox(rt: &dyn SandboxRuntime) {
+    let s = session(rt).await;
+    let before = s.info().await.unwrap().container_id;
+    let daemon = r#"
+import os, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        open('/tmp/daemon-was-here', 'w').write(str(os.getpid()))
+        mine = {os.getpid(), os.getppid()}
+        known = set(int(p) for p in os.listdir('/proc') if p.isdigit())
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            for p in os.listdir('/proc'):
+                if p.isdigit() and int(p) not in known:
+                    known.add(int(p))
+                    try:
+                        cmd = open('/proc/%s/cmdline' % p, 'rb').read()
+                    except OSError:
+                        continue
+                    if b'biocage-serve' not in cmd and int(p) not in mine:
+                        try:
+                            os.kill(int(p), 9)
+                        except OSError:
+                            pass
+        os._exit(0)
+    os._exit(0)
+os.wait()
+time.sleep(0.3)
+os.kill(os.getppid(), 9)
+"#;
+    let r = run(s.as_ref(), daemon).await;
+    assert!(r.state_lost && !r.success, "{}", r.to_json());
+    let r = run(
+        s.as_ref(),
+        r#"
+import os
+try:
+    pid = open('/tmp/daemon-was-here').read()
+    print('daemon', pid, 'alive' if os.path.exists('/proc/' + pid) else 'gone')
+except OSError:
+    print('no trace of the daemon')
+"#,
+    )
+    .await;
+    assert_eq!(
+        ok(&r),
+        "no trace of the daemon\n",
+        "the old sandbox lives on"
+    );
+    let after = s.info().await.unwrap().container_id;
+    assert_ne!(
+        before, after,
+        "a fresh sandbox, not a new supervisor in the old one"
+    );
+    assert_eq!(ok(&run(s.as_ref(), "print(2)").await), "2\n");
+    s.close().await.unwrap();
+}
