@@ -104,6 +104,13 @@ pub enum Error {
     /// The session was closed; open a new one.
     #[error("the session is closed; create a new session")]
     SessionClosed,
+    /// The session's sandbox is gone (removed, killed, or lost with its engine), and
+    /// with it the interpreter's state; the session's next request starts a fresh one.
+    #[error("the sandbox {container} is gone (removed, killed, or lost with its engine) and its state with it; the next request (or a restart) starts a fresh sandbox")]
+    SandboxGone {
+        /// The container that is gone.
+        container: String,
+    },
     /// A host-side I/O error.
     #[error("I/O error while {action}: {source}")]
     Io {

@@ -51,6 +51,8 @@ pub struct AgentSession {
     relaunch: Relaunch,
     /// Sandboxes made for this session so far.
     generation: AtomicU64,
+    /// The caller was told that the sandbox is gone ([`Error::SandboxGone`]).
+    gone_reported: AtomicBool,
     config: SandboxConfig,
     plan: LimitPlan,
     agent_argv: Vec<String>,
@@ -110,6 +112,7 @@ impl AgentSession {
             id,
             relaunch,
             generation: AtomicU64::new(0),
+            gone_reported: AtomicBool::new(false),
             config,
             plan,
             agent_argv,
@@ -179,15 +182,36 @@ impl AgentSession {
             }
         }
         self.lost.store(true, Ordering::Release);
+        self.gone_reported.store(false, Ordering::Release);
         Ok(())
+    }
+
+    /// Before a request on a closed channel: a sandbox that is gone is reported once
+    /// ([`Error::SandboxGone`]); the request after that (or one whose sandbox still
+    /// runs) gets a fresh sandbox.
+    async fn recover(&self) -> Result<()> {
+        let ops = self.ops().await;
+        if !self.gone_reported.load(Ordering::Acquire) && !ops.is_running().await.unwrap_or(false) {
+            self.gone_reported.store(true, Ordering::Release);
+            return Err(Error::SandboxGone {
+                container: ops.container_name().to_string(),
+            });
+        }
+        self.reconnect().await
+    }
+
+    /// Whether the next request needs a fresh sandbox first: its channel is closed, or
+    /// the caller was told the sandbox is gone.
+    fn needs_recovery(&self, channel: &AgentChannel) -> bool {
+        channel.is_closed() || self.gone_reported.load(Ordering::Acquire)
     }
 
     /// A quick request; the error says what the agent refused.
     async fn quick(&self, req: Request) -> Result<Reply> {
         self.check_open()?;
         let mut channel = self.channel().await;
-        if channel.is_closed() {
-            self.reconnect().await?;
+        if self.needs_recovery(&channel) {
+            self.recover().await?;
             channel = self.channel().await;
         }
         channel.call(&req, QUICK_TIMEOUT).await
@@ -228,8 +252,8 @@ impl AgentSession {
         }
         let one_run = self.run_lock.clone().lock_owned().await;
         let mut channel = self.channel().await;
-        if channel.is_closed() {
-            self.reconnect().await?;
+        if self.needs_recovery(&channel) {
+            self.recover().await?;
             channel = self.channel().await;
         }
         self.runs.fetch_add(1, Ordering::Relaxed);
@@ -269,7 +293,7 @@ impl AgentSession {
             Ok(_) => return Err(Error::Agent("unexpected reply".into())),
             Err(e @ ChannelError::Malformed(_)) => return Err(Error::Agent(e.to_string())),
             Err(ChannelError::Closed) | Err(ChannelError::Send(_)) => {
-                self.reconnect().await?;
+                self.recover().await?;
                 self.lost_result(
                     ErrorKind::Crashed,
                     "SupervisorKilled",
@@ -279,7 +303,7 @@ impl AgentSession {
                 )
             }
             Err(ChannelError::TimedOut(_)) => {
-                self.reconnect().await?;
+                self.recover().await?;
                 self.lost_result(
                     ErrorKind::Timeout,
                     "TimeoutError",

@@ -113,6 +113,7 @@ fn class_of(failure: &Failure) -> (&'static str, Vec<(&'static str, String)>) {
             Error::Agent(_) => ("AgentError", vec![]),
             Error::FileTransfer(_) => ("FileTransferError", vec![]),
             Error::SessionClosed => ("SessionClosedError", vec![]),
+            Error::SandboxGone { .. } => ("SandboxGoneError", vec![]),
             _ => ("BioCageError", vec![]),
         },
         Failure::NoEngine(_) => ("EngineUnavailableError", vec![("engine", "auto".into())]),

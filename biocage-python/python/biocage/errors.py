@@ -18,6 +18,7 @@ working::
     ├── EngineError                 the engine refused or failed an operation
     ├── AgentError                  the agent inside the sandbox failed
     ├── FileTransferError           a file transfer was refused or failed
+    ├── SandboxGoneError            the sandbox is gone (removed, killed); state lost
     └── SessionClosedError          the sandbox was closed
 
 Attributes (``None`` when not known): ``engine``, ``endpoint``, ``reason``, ``hint``
@@ -38,6 +39,7 @@ __all__ = [
     "FileTransferError",
     "ImageMissingError",
     "InvalidConfigError",
+    "SandboxGoneError",
     "SessionClosedError",
     "StateLostWarning",
     "UnenforceableLimitError",
@@ -99,6 +101,11 @@ class AgentError(BioCageError):
 
 class FileTransferError(BioCageError):
     """A file transfer (read_file, write_file, create_temp_file) was refused or failed."""
+
+
+class SandboxGoneError(BioCageError):
+    """The sandbox is gone (removed, killed, or lost with its engine), and its state
+    with it; the next call on the same object starts a fresh sandbox."""
 
 
 class SessionClosedError(BioCageError):

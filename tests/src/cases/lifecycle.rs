@@ -109,17 +109,17 @@ pub async fn remove_by_id(rt: &dyn SandboxRuntime) {
         .unwrap()
         .iter()
         .any(|l| l.container_id == id));
-    let err = s.run("print(1)").await;
-    match err {
-        Err(e) => assert!(
-            e.to_string().contains("no longer running") || e.to_string().contains("supervisor"),
-            "{e}"
-        ),
-        Ok(r) => assert!(
-            !r.success,
-            "a run in a removed sandbox cannot succeed: {}",
-            r.to_json()
-        ),
+    // The next request says the sandbox is gone (typed, state lost); the one after
+    // goes on in a fresh sandbox.
+    match s.run("print(1)").await {
+        Err(biocage_core::Error::SandboxGone { container }) => {
+            assert!(!container.is_empty());
+            let r = s.run("print(1)").await.unwrap();
+            assert_eq!(ok(&r), "1\n");
+            assert!(r.state_lost, "{}", r.to_json());
+            assert_ne!(s.info().await.unwrap().container_id, id);
+        }
+        other => panic!("a run in a removed sandbox: {other:?}"),
     }
     drop(s);
 }
