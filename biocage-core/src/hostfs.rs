@@ -192,6 +192,122 @@ pub(crate) fn open_dir_below(root: &Path, rel: &Path, create: bool) -> io::Resul
     Ok(dir)
 }
 
+/// What is at `rel` below `root` now, never through a link: `Some((is_dir, size))`,
+/// or None when nothing (or a link or special file) is there.
+pub(crate) fn peek_below(root: &Path, rel: &Path) -> io::Result<Option<(bool, u64)>> {
+    let (parent, name) = split(rel)?;
+    let dir = match open_dir_below(root, parent, false) {
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
+            ) =>
+        {
+            return Ok(None)
+        }
+        other => other?,
+    };
+    match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Err(Errno::NOENT) => Ok(None),
+        Err(e) => Err(e.into()),
+        Ok(st) => Ok(listed(PathBuf::new(), &st).map(|l| (l.dir, l.size))),
+    }
+}
+
+/// A new file that replaces `rel` below `root` only when it is complete: written as a
+/// hidden temporary file in the same folder, then renamed over the old one
+/// ([`Replacement::commit`]). Dropped uncommitted, it is removed and the old file is
+/// untouched.
+#[derive(Debug)]
+pub(crate) struct Replacement {
+    dir: OwnedFd,
+    temp: std::ffi::OsString,
+    name: std::ffi::OsString,
+    file: Option<fs::File>,
+    committed: bool,
+}
+
+impl Replacement {
+    /// Starts replacing `rel` below `root` (folders on the way are made, never through
+    /// a link). The new file gets the mode and owner of the one it replaces (less
+    /// setuid, setgid, sticky), or, when new, the owner bits `sandbox_mode` has (at
+    /// least read and write) and this process's owner.
+    pub(crate) fn begin(root: &Path, rel: &Path, sandbox_mode: u32) -> io::Result<Self> {
+        let (parent, name) = split(rel)?;
+        let dir = open_dir_below(root, parent, true)?;
+        let old = match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile => Some(st),
+            _ => None,
+        };
+        let mode = old.map_or((sandbox_mode & 0o700) | 0o600, |st| st.st_mode & 0o777);
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let mut attempt = 0u32;
+        let (temp, fd) = loop {
+            let temp =
+                std::ffi::OsString::from(format!(".biocage-{}.tmp", uuid::Uuid::new_v4().simple()));
+            match rustix::fs::openat(&dir, temp.as_os_str(), flags, Mode::from_raw_mode(mode)) {
+                Err(Errno::EXIST) if attempt < 3 => attempt += 1,
+                other => break (temp, other?),
+            }
+        };
+        let mut this = Replacement {
+            dir,
+            temp,
+            name: name.to_os_string(),
+            file: None,
+            committed: false,
+        };
+        // The umask may have taken bits off; the owner is the old file's where we can.
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?;
+        if let Some(st) = old {
+            let owner = (
+                rustix::fs::Uid::from_raw(st.st_uid),
+                rustix::fs::Gid::from_raw(st.st_gid),
+            );
+            if let Err(e) = rustix::fs::fchown(&fd, Some(owner.0), Some(owner.1)) {
+                tracing::debug!("keeping the owner of {}: {e}", rel.display());
+            }
+        }
+        this.file = Some(fs::File::from(fd));
+        Ok(this)
+    }
+
+    /// The new file, to write.
+    pub(crate) fn file(&self) -> io::Result<&fs::File> {
+        self.file
+            .as_ref()
+            .ok_or_else(|| io::Error::other("no file"))
+    }
+
+    /// Puts the new file in place of the old one, in one rename (a folder there is
+    /// removed first, if empty).
+    pub(crate) fn commit(mut self) -> io::Result<()> {
+        if let Some(f) = self.file.take() {
+            // Errors the kernel kept for the close (a full disk on some filesystems).
+            f.sync_data()?;
+        }
+        let (temp, name) = (self.temp.as_os_str(), self.name.as_os_str());
+        match rustix::fs::renameat(&self.dir, temp, &self.dir, name) {
+            Err(Errno::ISDIR | Errno::NOTEMPTY | Errno::EXIST) => {
+                rustix::fs::unlinkat(&self.dir, name, AtFlags::REMOVEDIR)?;
+                rustix::fs::renameat(&self.dir, temp, &self.dir, name)?;
+            }
+            other => other?,
+        }
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Replacement {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = rustix::fs::unlinkat(&self.dir, self.temp.as_os_str(), AtFlags::empty());
+        }
+    }
+}
+
 /// The parent folder and last name of a relative path.
 pub(crate) fn split(rel: &Path) -> io::Result<(&Path, &std::ffi::OsStr)> {
     match (rel.parent(), rel.file_name()) {
@@ -221,6 +337,40 @@ pub(crate) fn remove_below(root: &Path, rel: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
     use std::io::Read;
+    use std::os::unix::fs::{FileExt, MetadataExt};
+
+    #[test]
+    fn a_replacement_is_all_or_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        fs::write(root.path().join("f"), "old").unwrap();
+        fs::set_permissions(
+            root.path().join("f"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o640),
+        )
+        .unwrap();
+        // Abandoned midway: the old file is whole, no temporary file is left.
+        {
+            let r = Replacement::begin(root.path(), Path::new("f"), 0o777).unwrap();
+            r.file().unwrap().write_all_at(b"half", 0).unwrap();
+        }
+        assert_eq!(fs::read_to_string(root.path().join("f")).unwrap(), "old");
+        assert_eq!(fs::read_dir(root.path()).unwrap().count(), 1);
+        let r = Replacement::begin(root.path(), Path::new("f"), 0o777).unwrap();
+        r.file().unwrap().write_all_at(b"new", 0).unwrap();
+        r.commit().unwrap();
+        assert_eq!(fs::read_to_string(root.path().join("f")).unwrap(), "new");
+        let meta = fs::metadata(root.path().join("f")).unwrap();
+        assert_eq!(meta.mode() & 0o7777, 0o640, "the old file's mode");
+        let r = Replacement::begin(root.path(), Path::new("d/e/new"), 0o4777).unwrap();
+        r.commit().unwrap();
+        let meta = fs::metadata(root.path().join("d/e/new")).unwrap();
+        assert_eq!(meta.mode() & 0o7777, 0o700, "owner bits only");
+        assert_eq!(
+            peek_below(root.path(), Path::new("f")).unwrap(),
+            Some((false, 3))
+        );
+        assert_eq!(peek_below(root.path(), Path::new("nope/x")).unwrap(), None);
+    }
 
     #[test]
     fn a_listed_file_swapped_for_a_link_is_not_read() {

@@ -9,7 +9,7 @@
 use std::fs;
 use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use base64::Engine as _;
 use crate::channel::AgentChannel;
 use crate::config::{Exposure, SandboxConfig, RW_MAX_DEPTH, RW_MAX_PATH};
 use crate::error::{Error, Result};
-use crate::hostfs::{self, open_dir_below, remove_below, split, Listed};
+use crate::hostfs::{self, open_dir_below, peek_below, remove_below, Listed, Replacement};
 use crate::protocol::{Change, ChangeKind, FilePath, Reply, Request};
 
 /// Bytes moved per request while filling or copying back.
@@ -39,6 +39,16 @@ pub(crate) struct RwMirror {
     exposures: Vec<Exposure>,
     max_bytes: u64,
     max_files: u32,
+    /// What each host folder holds now, as the host counted it: copy-back never takes
+    /// one past the caps, whatever the agent reports.
+    usage: std::sync::Arc<std::sync::Mutex<Vec<Usage>>>,
+}
+
+/// The size of one host folder: bytes of its files, and its entries.
+#[derive(Debug, Clone, Copy, Default)]
+struct Usage {
+    bytes: u64,
+    entries: u64,
 }
 
 fn io_err(action: String) -> impl FnOnce(io::Error) -> Error {
@@ -73,6 +83,10 @@ impl RwMirror {
             .cloned()
             .collect();
         (!exposures.is_empty()).then_some(RwMirror {
+            usage: std::sync::Arc::new(std::sync::Mutex::new(vec![
+                Usage::default();
+                exposures.len()
+            ])),
             exposures,
             max_bytes: config.rw_exposure_bytes,
             max_files: config.rw_exposure_files,
@@ -82,12 +96,25 @@ impl RwMirror {
     /// Copies each host folder into its tmpfs and starts tracking changes. Refuses a
     /// folder over the size or file caps, with what to change.
     pub(crate) async fn fill(&self, channel: &AgentChannel) -> Result<()> {
-        for e in &self.exposures {
+        for (i, e) in self.exposures.iter().enumerate() {
             let (host, max_bytes, max_files) = (e.host.clone(), self.max_bytes, self.max_files);
             let entries =
                 tokio::task::spawn_blocking(move || list_host(&host, max_bytes, max_files))
                     .await
                     .map_err(agent_err)??;
+            let counted = Usage {
+                bytes: entries.iter().filter(|x| !x.dir).map(|x| x.size).sum(),
+                entries: entries.len() as u64,
+            };
+            if let Some(u) = self
+                .usage
+                .lock()
+                .ok()
+                .as_deref_mut()
+                .and_then(|v| v.get_mut(i))
+            {
+                *u = counted;
+            }
             for entry in entries {
                 let path = sandbox_path(&e.container, &entry.rel);
                 if entry.dir {
@@ -208,53 +235,121 @@ impl RwMirror {
         let raw = BASE64.decode(&change.path.p64).map_err(|e| e.to_string())?;
         let rel = checked_rel(&raw)?;
         let root = e.host.clone();
-        match change.kind {
+        let before = {
+            let (root, rel) = (root.clone(), rel.clone());
+            blocking(move || peek_below(&root, &rel)).await?
+        };
+        let (old_bytes, old_entry) = match before {
+            Some((dir, size)) => (if dir { 0 } else { size }, 1),
+            None => (0, 0),
+        };
+        let (new_bytes, new_entry) = match change.kind {
+            ChangeKind::File => (change.size, 1),
+            ChangeKind::Dir => (0, 1),
+            _ => (0, 0),
+        };
+        // The host folder after this change stays within the caps.
+        let idx = idx.unwrap_or_default();
+        self.account(idx, (old_bytes, old_entry), (new_bytes, new_entry))?;
+        let done = match change.kind {
             ChangeKind::Dir => blocking(move || open_dir_below(&root, &rel, true).map(drop)).await,
             ChangeKind::Gone => blocking(move || remove_below(&root, &rel)).await,
-            ChangeKind::File => {
-                let size = change.size;
-                if size > *left {
-                    return Err(format!(
-                        "{size} bytes (apparent size) would pass the {}-byte cap of what a run copies back",
-                        self.max_bytes
-                    ));
-                }
-                *left -= size;
-                let mode = change
-                    .mode
-                    .map_or(0o600, |m| u32::try_from(m).unwrap_or(0o600));
-                let file = {
-                    let (root, rel) = (root.clone(), rel.clone());
-                    blocking(move || create_below(&root, &rel, mode)).await?
-                };
-                let mut offset = 0;
-                while offset < size {
-                    let length = CHUNK.min(size - offset);
-                    let reply = ask(
-                        channel,
-                        Request::ReadFile {
-                            path: FilePath::P64(sandbox_path(&e.container, &rel)),
-                            offset: Some(offset),
-                            length: Some(length),
-                            max_bytes: CHUNK,
-                        },
-                    )
-                    .await
-                    .map_err(|e| e.to_string())?;
-                    let data = BASE64
-                        .decode(reply.data.unwrap_or_default())
-                        .map_err(|e| e.to_string())?;
-                    if data.is_empty() {
-                        break; // shrank meanwhile: the next scan sees it
-                    }
-                    let (f, at) = (file.try_clone().map_err(|e| e.to_string())?, offset);
-                    blocking(move || write_sparse(&f, &data, at)).await?;
-                    offset += length;
-                }
-                blocking(move || file.set_len(size)).await
-            }
+            ChangeKind::File => self.copy_file(channel, e, rel, change, left).await,
             ChangeKind::Unknown => Err("unknown change".into()),
+        };
+        if done.is_err() {
+            // Not applied: the host folder is as it was.
+            let _ = self.account(idx, (new_bytes, new_entry), (old_bytes, old_entry));
         }
+        done
+    }
+
+    /// Moves the host's count of folder `idx` from `old` (bytes, entries) to `new`,
+    /// refusing a change that would take it past the caps.
+    fn account(
+        &self,
+        idx: usize,
+        old: (u64, u64),
+        new: (u64, u64),
+    ) -> std::result::Result<(), String> {
+        let mut usage = self
+            .usage
+            .lock()
+            .map_err(|_| "usage lock poisoned".to_string())?;
+        let u = usage.get_mut(idx).ok_or("unknown exposure")?;
+        let bytes = (u.bytes.saturating_sub(old.0)).saturating_add(new.0);
+        let entries = (u.entries.saturating_sub(old.1)).saturating_add(new.1);
+        if (bytes > self.max_bytes && new.0 > old.0)
+            || (entries > u64::from(self.max_files) && new.1 > old.1)
+        {
+            return Err(format!(
+                "the host folder would hold more than its caps ({} bytes, {} entries; rw_exposure_bytes / rw_exposure_files)",
+                self.max_bytes, self.max_files
+            ));
+        }
+        u.bytes = bytes;
+        u.entries = entries;
+        Ok(())
+    }
+
+    /// Copies one file back: into a new file beside it, renamed over the old one only
+    /// once complete, so that a failure (a full disk) leaves the old version whole.
+    async fn copy_file(
+        &self,
+        channel: &AgentChannel,
+        e: &Exposure,
+        rel: PathBuf,
+        change: &Change,
+        left: &mut u64,
+    ) -> std::result::Result<(), String> {
+        let root = e.host.clone();
+        let size = change.size;
+        if size > *left {
+            return Err(format!(
+                "{size} bytes (apparent size) would pass the {}-byte cap of what a run copies back",
+                self.max_bytes
+            ));
+        }
+        *left -= size;
+        let mode = change
+            .mode
+            .map_or(0o600, |m| u32::try_from(m).unwrap_or(0o600));
+        let file = {
+            let (root, rel) = (root.clone(), rel.clone());
+            blocking(move || Replacement::begin(&root, &rel, mode)).await?
+        };
+        let file = std::sync::Arc::new(file);
+        let mut offset = 0;
+        while offset < size {
+            let length = CHUNK.min(size - offset);
+            let reply = ask(
+                channel,
+                Request::ReadFile {
+                    path: FilePath::P64(sandbox_path(&e.container, &rel)),
+                    offset: Some(offset),
+                    length: Some(length),
+                    max_bytes: CHUNK,
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            let data = BASE64
+                .decode(reply.data.unwrap_or_default())
+                .map_err(|e| e.to_string())?;
+            if data.is_empty() {
+                break; // shrank meanwhile: the next scan sees it
+            }
+            let (f, at) = (file.clone(), offset);
+            blocking(move || write_sparse(f.file()?, &data, at)).await?;
+            offset += length;
+        }
+        let file =
+            std::sync::Arc::try_unwrap(file).map_err(|_| "the copy is still in use".to_string())?;
+        blocking(move || {
+            file.file()?.set_len(size)?;
+            file.commit()
+        })
+        .await
     }
 }
 
@@ -359,39 +454,6 @@ fn checked_rel(raw: &[u8]) -> std::result::Result<PathBuf, String> {
     Ok(path)
 }
 
-/// Creates or truncates the file `rel` below `root` (never through a link). A new file
-/// gets the owner bits the sandbox gave it, no more (at least read and write); an
-/// existing one keeps its mode, less setuid, setgid and sticky.
-fn create_below(root: &Path, rel: &Path, sandbox_mode: u32) -> io::Result<fs::File> {
-    use rustix::fs::{Mode, OFlags};
-    let (parent, name) = split(rel)?;
-    let dir = open_dir_below(root, parent, true)?;
-    let mode = Mode::from_raw_mode((sandbox_mode & 0o700) | 0o600);
-    let flags = OFlags::WRONLY
-        | OFlags::CREATE
-        | OFlags::TRUNC
-        | OFlags::NONBLOCK
-        | OFlags::NOFOLLOW
-        | OFlags::CLOEXEC;
-    let fd = match rustix::fs::openat(&dir, name, flags, mode) {
-        Err(rustix::io::Errno::ISDIR) => {
-            remove_below(root, rel)?;
-            rustix::fs::openat(&dir, name, flags, mode)?
-        }
-        other => other?,
-    };
-    let file = fs::File::from(fd);
-    let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Err(io::Error::other("not a regular file on the host"));
-    }
-    if meta.mode() & 0o7000 != 0 {
-        use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o777))?;
-    }
-    Ok(file)
-}
-
 /// The entries of a host folder to copy in (folders first), without following links;
 /// refuses a folder over the caps.
 fn list_host(root: &Path, max_bytes: u64, max_files: u32) -> Result<Vec<Listed>> {
@@ -464,6 +526,7 @@ fn read_chunk(root: &Path, entry: &Listed, offset: u64) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
     #[test]
     fn relative_paths_from_the_agent_are_checked() {
@@ -485,18 +548,27 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), root.path().join("link")).unwrap();
         // The sandbox's folder replaces the host's link; nothing goes through it.
-        let _ = create_below(root.path(), Path::new("link/passwd"), 0o644);
+        if let Ok(r) = Replacement::begin(root.path(), Path::new("link/passwd"), 0o644) {
+            let _ = r.commit();
+        }
         let _ = open_dir_below(root.path(), Path::new("link/x"), true);
         assert!(fs::read_dir(outside.path()).unwrap().next().is_none());
         assert!(!fs::symlink_metadata(root.path().join("link"))
             .unwrap()
             .file_type()
             .is_symlink());
+        // A host link where a file goes is replaced, never written through.
+        let hostname = fs::read("/etc/hostname").unwrap_or_default();
         std::os::unix::fs::symlink("/etc/hostname", root.path().join("f")).unwrap();
-        assert!(create_below(root.path(), Path::new("f"), 0o644).is_err());
-        let f = create_below(root.path(), Path::new("new/dir/file"), 0o4777).unwrap();
-        write_sparse(&f, &[0u8; 1 << 20], 0).unwrap();
-        f.set_len(1 << 30).unwrap();
+        let r = Replacement::begin(root.path(), Path::new("f"), 0o644).unwrap();
+        r.file().unwrap().write_all_at(b"mine", 0).unwrap();
+        r.commit().unwrap();
+        assert_eq!(fs::read_to_string(root.path().join("f")).unwrap(), "mine");
+        assert_eq!(fs::read("/etc/hostname").unwrap_or_default(), hostname);
+        let r = Replacement::begin(root.path(), Path::new("new/dir/file"), 0o4777).unwrap();
+        write_sparse(r.file().unwrap(), &[0u8; 1 << 20], 0).unwrap();
+        r.file().unwrap().set_len(1 << 30).unwrap();
+        r.commit().unwrap();
         let meta = fs::metadata(root.path().join("new/dir/file")).unwrap();
         assert_eq!(meta.mode() & 0o7777, 0o700, "owner bits only, no setuid");
         assert!(
@@ -507,6 +579,30 @@ mod tests {
         remove_below(root.path(), Path::new("new/dir/file")).unwrap();
         remove_below(root.path(), Path::new("new/dir")).unwrap();
         assert!(!root.path().join("new/dir").exists());
+    }
+
+    #[test]
+    fn copy_back_never_takes_a_host_folder_past_its_caps() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SandboxConfig::builder()
+            .expose_rw(dir.path(), "/data/out")
+            .rw_exposure_bytes(1 << 20)
+            .rw_exposure_files(16)
+            .build()
+            .unwrap();
+        let m = RwMirror::of(&config).unwrap();
+        // Whatever the agent reports, run after run: a new 600 KiB file fits once.
+        assert!(m.account(0, (0, 0), (600 << 10, 1)).is_ok());
+        let err = m.account(0, (0, 0), (600 << 10, 1)).unwrap_err();
+        assert!(err.contains("rw_exposure_bytes"), "{err}");
+        // Rewriting the same file at the same size, shrinking it, removing it: fine.
+        assert!(m.account(0, (600 << 10, 1), (600 << 10, 1)).is_ok());
+        assert!(m.account(0, (600 << 10, 1), (0, 0)).is_ok());
+        for _ in 0..16 {
+            m.account(0, (0, 0), (0, 1)).unwrap();
+        }
+        assert!(m.account(0, (0, 0), (0, 1)).is_err(), "the entry cap holds");
+        assert!(m.account(1, (0, 0), (0, 1)).is_err(), "no such exposure");
     }
 
     #[test]

@@ -153,8 +153,12 @@ impl AgentSession {
     /// goes on in a fresh one (same spec, same uid, exposures filled anew from the host).
     /// Never a new supervisor in the old sandbox: whatever sandbox code left there could
     /// wait for it and take it over. Earlier state is gone.
-    async fn reconnect(&self) -> Result<()> {
+    async fn reconnect(&self, seen: &Arc<AgentChannel>) -> Result<()> {
         let mut conn = self.conn.write().await;
+        if !Arc::ptr_eq(&conn.channel, seen) {
+            // Another caller replaced the sandbox meanwhile: the fresh one stays.
+            return Ok(());
+        }
         let old = conn.ops.clone();
         tracing::warn!(session = %self.id, container = %old.container_id(), "the sandbox supervisor was lost; replacing the sandbox");
         if let Err(e) = old.remove().await {
@@ -189,7 +193,7 @@ impl AgentSession {
     /// Before a request on a closed channel: a sandbox that is gone is reported once
     /// ([`Error::SandboxGone`]); the request after that (or one whose sandbox still
     /// runs) gets a fresh sandbox.
-    async fn recover(&self) -> Result<()> {
+    async fn recover(&self, seen: &Arc<AgentChannel>) -> Result<()> {
         let ops = self.ops().await;
         if !self.gone_reported.load(Ordering::Acquire) && !ops.is_running().await.unwrap_or(false) {
             self.gone_reported.store(true, Ordering::Release);
@@ -197,7 +201,7 @@ impl AgentSession {
                 container: ops.container_name().to_string(),
             });
         }
-        self.reconnect().await
+        self.reconnect(seen).await
     }
 
     /// Whether the next request needs a fresh sandbox first: its channel is closed, or
@@ -211,7 +215,7 @@ impl AgentSession {
         self.check_open()?;
         let mut channel = self.channel().await;
         if self.needs_recovery(&channel) {
-            self.recover().await?;
+            self.recover(&channel).await?;
             channel = self.channel().await;
         }
         channel.call(&req, QUICK_TIMEOUT).await
@@ -253,7 +257,7 @@ impl AgentSession {
         let one_run = self.run_lock.clone().lock_owned().await;
         let mut channel = self.channel().await;
         if self.needs_recovery(&channel) {
-            self.recover().await?;
+            self.recover(&channel).await?;
             channel = self.channel().await;
         }
         self.runs.fetch_add(1, Ordering::Relaxed);
@@ -293,7 +297,7 @@ impl AgentSession {
             Ok(_) => return Err(Error::Agent("unexpected reply".into())),
             Err(e @ ChannelError::Malformed(_)) => return Err(Error::Agent(e.to_string())),
             Err(ChannelError::Closed) | Err(ChannelError::Send(_)) => {
-                self.recover().await?;
+                self.recover(&channel).await?;
                 self.lost_result(
                     ErrorKind::Crashed,
                     "SupervisorKilled",
@@ -303,7 +307,7 @@ impl AgentSession {
                 )
             }
             Err(ChannelError::TimedOut(_)) => {
-                self.recover().await?;
+                self.recover(&channel).await?;
                 self.lost_result(
                     ErrorKind::Timeout,
                     "TimeoutError",
@@ -495,10 +499,12 @@ impl Session for AgentSession {
         self.check_open()?;
         let _one_run = self.run_lock.lock().await;
         let channel = self.channel().await;
+        let fresh = !self.gone_reported.load(Ordering::Acquire) && !channel.is_closed();
         match channel.request(&Request::Restart, QUICK_TIMEOUT).await {
-            Ok(_) => Ok(()),
-            Err(_) => {
-                self.reconnect().await?;
+            Ok(Message::Ok(_)) if fresh => Ok(()),
+            // An error from the agent, or no answer: a fresh sandbox instead.
+            _ => {
+                self.reconnect(&channel).await?;
                 // Asked for: the caller knows state is gone.
                 self.lost.store(false, Ordering::Release);
                 Ok(())

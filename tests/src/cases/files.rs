@@ -368,3 +368,60 @@ pub async fn info_describes_the_session(rt: &dyn SandboxRuntime) {
     other.close().await.unwrap();
     s.close().await.unwrap();
 }
+
+/// A host disk that fills during copy-back leaves each host file whole: the old
+/// version, or the new one, never a truncated mix; the result names what did not
+/// arrive. (The host folder is a 1 MiB tmpfs of its own.)
+pub async fn a_full_host_disk_never_truncates_a_file(rt: &dyn SandboxRuntime) {
+    let dir = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(dir.path())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        mounted,
+        "mounting a small tmpfs needs root (CI runs as root)"
+    );
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(dir.path().to_path_buf());
+    let old = "the host's version\n".repeat(20_000); // 380 KB
+    std::fs::write(dir.path().join("a.txt"), &old).unwrap();
+    let config = config_builder(rt)
+        .await
+        .expose_rw(dir.path(), "/data/out")
+        .build()
+        .unwrap();
+    let s = rt.create_session(&config).await.unwrap();
+    // 800 KB does not fit beside the old 380 KB on a 1 MiB disk.
+    let r = run(
+        s.as_ref(),
+        "open('/data/out/a.txt', 'w').write('sandbox\\n' * 100_000)",
+    )
+    .await;
+    assert!(
+        r.stderr.contains("a.txt") && r.stderr.contains("could not be copied back"),
+        "the result names what did not arrive: {}",
+        r.to_json()
+    );
+    let now = std::fs::read_to_string(dir.path().join("a.txt")).unwrap();
+    assert!(now == old, "the host file is whole: {} bytes", now.len());
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left.len(), 1, "no temporary file is left: {left:?}");
+    // Room again: the next run's copy-back brings the new version whole.
+    ok(&run(s.as_ref(), "open('/data/out/a.txt', 'w').write('small\\n')").await);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("a.txt")).unwrap(),
+        "small\n"
+    );
+    s.close().await.unwrap();
+}
