@@ -1487,9 +1487,10 @@ class Supervisor:
                 self.send(res)
             else:
                 code = os.WEXITSTATUS(status)
+                # The status the program chose (os._exit(9) is 9), as python's own.
                 self.finish_lost(KIND_CRASHED, "SystemExit",
                                  "the worker exited with status %d; earlier state is lost" % code,
-                                 EXIT_EXCEPTION)
+                                 code)
         else:
             self.lost_since_last_run = True
         self.replace_worker()
