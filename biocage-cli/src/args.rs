@@ -166,9 +166,13 @@ pub(crate) struct SessionOpts {
     /// Expose a host file or folder read-only: HOST:CONTAINER.
     #[arg(long, value_name = "HOST:CONTAINER")]
     pub expose: Vec<String>,
-    /// Expose a host folder read-write: HOST:CONTAINER.
+    /// Expose a host folder read-write: HOST:CONTAINER. System folders (/, /etc,
+    /// /usr, /var, /root, an engine's data-root, ...) are refused.
     #[arg(long, value_name = "HOST:CONTAINER")]
     pub expose_rw: Vec<String>,
+    /// Allow --expose-rw of a host system folder, which sandbox code could rewrite.
+    #[arg(long)]
+    pub force_system_rw: bool,
     /// Environment variable for the code: KEY=VALUE.
     #[arg(long, value_name = "KEY=VALUE")]
     pub env: Vec<String>,

@@ -36,6 +36,7 @@ pub(crate) fn build(opts: &SessionOpts) -> Result<SandboxConfig, CliError> {
         .network(opts.network)
         .timeout(timeout)
         .allow_unenforced_limits(opts.allow_unenforced)
+        .force_system_rw(opts.force_system_rw)
         .isolation(opts.isolation.into());
     for e in &opts.expose {
         let (host, target) = split_pair("--expose", e, ':', "HOST:CONTAINER")?;

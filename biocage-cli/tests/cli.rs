@@ -249,6 +249,15 @@ fn usage_errors_are_one_sentence_and_exit_2() {
         .assert()
         .code(2)
         .stderr(predicates::str::contains("does not exist"));
+    // A host system folder read-write: sandbox code could rewrite the host.
+    for system in ["/etc:/data/x", "/:/data/x", "/usr/lib:/data/x"] {
+        let mut c = Command::cargo_bin("biocage").unwrap();
+        c.args(["run", "--expose-rw", system, "-"])
+            .write_stdin("")
+            .assert()
+            .code(2)
+            .stderr(predicates::str::contains("host system folder"));
+    }
     let mut c = Command::cargo_bin("biocage").unwrap();
     c.args(["frobnicate"]).assert().code(2);
 }

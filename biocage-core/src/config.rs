@@ -1,7 +1,7 @@
 //! Sandbox configuration: safe defaults, loosened only explicitly.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -136,6 +136,9 @@ pub struct SandboxConfig {
     pub rw_exposure_bytes: u64,
     /// Most files and folders in each read-write exposure.
     pub rw_exposure_files: u32,
+    /// Allow a read-write exposure of a host system folder (`/`, `/etc`, `/usr`, ...,
+    /// an engine's data-root), which sandbox code could then rewrite. Off: refused.
+    pub force_system_rw: bool,
 }
 
 /// Largest memory, tmpfs or exposure size accepted (1 TiB): engines read values that
@@ -174,6 +177,7 @@ impl Default for SandboxConfig {
             max_code_bytes: 16 << 20,
             rw_exposure_bytes: 256 << 20,
             rw_exposure_files: 10_000,
+            force_system_rw: false,
         }
     }
 }
@@ -423,6 +427,12 @@ impl SandboxConfigBuilder {
         self.config.rw_exposure_bytes = bytes;
         self
     }
+    /// See [`SandboxConfig::force_system_rw`].
+    pub fn force_system_rw(mut self, on: bool) -> Self {
+        self.config.force_system_rw = on;
+        self
+    }
+
     /// Most files and folders in each read-write exposure.
     pub fn rw_exposure_files(mut self, files: u32) -> Self {
         self.config.rw_exposure_files = files;
@@ -452,7 +462,6 @@ const RESERVED_TARGETS: &[&str] = &[
     "/lib64",
     "/libx32",
     "/boot",
-    "/run",
     "/var/run",
     "/opt/biocage",
 ];
@@ -486,6 +495,40 @@ fn is_within(path: &str, root: &str) -> bool {
     path == root || path.starts_with(&format!("{root}/"))
 }
 
+/// Host folders that a read-write exposure may not be (or be inside) unless forced:
+/// sandbox code could rewrite the system, or an engine's containers and images.
+const SYSTEM_HOST_FOLDERS: &[&str] = &[
+    "/etc",
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/boot",
+    "/root",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/var/lib/docker",
+    "/var/lib/containerd",
+    "/var/lib/containers",
+];
+
+/// Why a read-write exposure of `host` (canonical) would expose the host's system,
+/// if it would: the folder itself, one that holds a system folder (`/`, `/var`), or
+/// one inside a system folder.
+fn system_folder(host: &Path) -> Option<String> {
+    let text = host.to_string_lossy();
+    if text == "/" || text == "/var" {
+        return Some(format!("{text} holds every host system folder below it"));
+    }
+    SYSTEM_HOST_FOLDERS
+        .iter()
+        .find(|f| is_within(&text, f))
+        .map(|f| format!("it is within {f}, a host system folder"))
+}
+
 /// Checks exposures: host path present, target absolute, clean, not over a system
 /// location, not on the same target as another exposure.
 pub fn validate_exposures(config: &SandboxConfig) -> Result<()> {
@@ -501,6 +544,14 @@ pub fn validate_exposures(config: &SandboxConfig) -> Result<()> {
                 "host path {} does not exist; give an existing file or folder",
                 e.host.display()
             )));
+        }
+        if e.mode == ExposureMode::ReadWrite && !config.force_system_rw {
+            let canonical = e.host.canonicalize().unwrap_or_else(|_| e.host.clone());
+            if let Some(why) = system_folder(&canonical) {
+                return Err(bad(format!(
+                    "{why}: sandbox code could rewrite the host; expose a folder of your own read-write, or this one read-only (force_system_rw / --force-system-rw allows it)"
+                )));
+            }
         }
         if e.mode == ExposureMode::ReadWrite && !e.host.is_dir() {
             return Err(bad(
@@ -583,6 +634,26 @@ mod tests {
             .build()
             .unwrap_err();
         assert!(e.to_string().contains("pids"), "{e}");
+        for system in ["/", "/etc", "/usr/lib", "/var", "/root", "/var/lib/docker"] {
+            if !Path::new(system).exists() {
+                continue;
+            }
+            let e = SandboxConfig::builder()
+                .expose_rw(system, "/data/x")
+                .build()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("system folder"), "{system}: {e}");
+            assert!(SandboxConfig::builder()
+                .expose_rw(system, "/data/x")
+                .force_system_rw(true)
+                .build()
+                .is_ok());
+            assert!(SandboxConfig::builder()
+                .expose(system, "/data/x")
+                .build()
+                .is_ok());
+        }
         let c = SandboxConfig {
             user: "0:0".into(),
             ..Default::default()
