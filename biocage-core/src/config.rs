@@ -283,16 +283,26 @@ impl SandboxConfig {
                 "must be an absolute path without '..'",
             );
         }
-        if self
-            .user
-            .split(':')
-            .next()
-            .is_some_and(|u| u == "0" || u == "root")
-        {
+        // Numbers only: "00", "+0" or a name that the image maps to 0 would otherwise
+        // pass a check of the text.
+        let ids: Vec<Option<u32>> = self.user.split(':').map(|x| x.parse().ok()).collect();
+        let numeric = matches!(ids.as_slice(), [Some(_)] | [Some(_), Some(_)])
+            && self
+                .user
+                .split(':')
+                .all(|x| x.bytes().all(|b| b.is_ascii_digit()));
+        if !numeric {
             return bad(
                 "user",
                 self.user.clone(),
-                "sandbox code never runs as root; use a uid:gid such as 1000:1000",
+                "give the sandbox user as numbers, uid or uid:gid (such as 1000:1000); names are not resolved",
+            );
+        }
+        if ids.iter().any(|id| *id == Some(0)) {
+            return bad(
+                "user",
+                self.user.clone(),
+                "sandbox code never runs as root (uid or gid 0); use a uid:gid such as 1000:1000",
             );
         }
         for key in self.env.keys() {
@@ -659,5 +669,32 @@ mod tests {
             ..Default::default()
         };
         assert!(c.validate().unwrap_err().to_string().contains("root"));
+        for spelling in [
+            "00:0",
+            "000",
+            "0",
+            "1000:0",
+            "+0:1",
+            "root",
+            "root:root",
+            " 0",
+            "1000:",
+            ":1000",
+            "1:2:3",
+            "-1",
+        ] {
+            let c = SandboxConfig {
+                user: spelling.into(),
+                ..Default::default()
+            };
+            assert!(c.validate().is_err(), "{spelling:?} was accepted");
+        }
+        for fine in ["1000", "1000:1000", "65534:65534"] {
+            let c = SandboxConfig {
+                user: fine.into(),
+                ..Default::default()
+            };
+            assert!(c.validate().is_ok(), "{fine:?} was refused");
+        }
     }
 }
