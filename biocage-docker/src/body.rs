@@ -50,18 +50,16 @@ pub(crate) fn create_body(
             ..Default::default()
         })
         .collect();
-    let binds = spec
-        .binds
-        .iter()
-        .map(|b| {
-            format!(
-                "{}:{}:{}",
-                b.host.display(),
-                b.target,
-                if b.read_only { "ro" } else { "rw" }
-            )
-        })
-        .collect::<Vec<_>>();
+    // Binds through the Mounts API: a host path holding ':' stays one path (a Binds
+    // string would split it).
+    let mut mounts = mounts;
+    mounts.extend(spec.binds.iter().map(|b| Mount {
+        target: Some(b.target.clone()),
+        source: Some(b.host.display().to_string()),
+        typ: Some(MountType::BIND),
+        read_only: Some(b.read_only),
+        ..Default::default()
+    }));
     let ulimits = spec
         .ulimits
         .iter()
@@ -89,7 +87,6 @@ pub(crate) fn create_body(
             config: None,
         }),
         ulimits: Some(ulimits),
-        binds: (!binds.is_empty()).then_some(binds),
         mounts: (!mounts.is_empty()).then_some(mounts),
         auto_remove: Some(true),
         ipc_mode: Some("private".to_string()),

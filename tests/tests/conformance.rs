@@ -63,6 +63,7 @@ fn all_cases() -> Vec<(&'static str, Case)> {
         case!(files::plots_return_images),
         case!(files::info_describes_the_session),
         case!(files::a_full_host_disk_never_truncates_a_file),
+        case!(files::exposures_with_colons_in_their_paths),
         case!(security::no_network),
         case!(security::network_only_when_enabled),
         case!(security::read_only_root_cannot_be_remounted),

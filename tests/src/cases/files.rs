@@ -425,3 +425,33 @@ pub async fn a_full_host_disk_never_truncates_a_file(rt: &dyn SandboxRuntime) {
     );
     s.close().await.unwrap();
 }
+
+/// Host paths with ':' in them (as in a timestamped folder) are exposed as they are,
+/// read-only and read-write.
+pub async fn exposures_with_colons_in_their_paths(rt: &dyn SandboxRuntime) {
+    let base = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ro = base.path().join("run:2026-12-07T10:00");
+    let rw = base.path().join("out:a:b");
+    for dir in [&ro, &rw] {
+        std::fs::create_dir(dir).unwrap();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::write(ro.join("in.txt"), "colon\n").unwrap();
+    std::fs::set_permissions(ro.join("in.txt"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let config = config_builder(rt)
+        .await
+        .expose(&ro, "/data/in")
+        .expose_rw(&rw, "/data/out")
+        .build()
+        .unwrap();
+    let s = rt.create_session(&config).await.unwrap();
+    let r = run(
+        s.as_ref(),
+        "print(open('/data/in/in.txt').read(), end='')\nopen('/data/out/o.txt', 'w').write('back')",
+    )
+    .await;
+    assert_eq!(ok(&r), "colon\n");
+    assert_eq!(std::fs::read_to_string(rw.join("o.txt")).unwrap(), "back");
+    s.close().await.unwrap();
+}
