@@ -298,7 +298,7 @@ impl SandboxConfig {
                 "give the sandbox user as numbers, uid or uid:gid (such as 1000:1000); names are not resolved",
             );
         }
-        if ids.iter().any(|id| *id == Some(0)) {
+        if ids.contains(&Some(0)) {
             return bad(
                 "user",
                 self.user.clone(),
