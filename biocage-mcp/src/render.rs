@@ -164,16 +164,22 @@ pub(crate) fn run_result(
         if let Some(label) = label {
             blocks.push(ContentBlock::text(cap_text(label, "displays")));
         }
+        // Displays are the sandbox's choice: nothing a client renders may run. HTML
+        // goes through a sanitiser (no scripts, handlers or javascript: links); SVG
+        // (which can script itself) is sent only as inert text.
         if let Some(html) = display.get("text/html") {
             blocks.push(ContentBlock::resource(
-                ResourceContents::text(html.clone(), format!("biocage://display/{}.html", i + 1))
-                    .with_mime_type("text/html"),
+                ResourceContents::text(
+                    ammonia::clean(html),
+                    format!("biocage://display/{}.html", i + 1),
+                )
+                .with_mime_type("text/html"),
             ));
         }
         if let Some(svg) = display.get("image/svg+xml") {
             blocks.push(ContentBlock::resource(
-                ResourceContents::text(svg.clone(), format!("biocage://display/{}.svg", i + 1))
-                    .with_mime_type("image/svg+xml"),
+                ResourceContents::text(svg.clone(), format!("biocage://display/{}.svg.txt", i + 1))
+                    .with_mime_type("text/plain"),
             ));
         }
         if let Some(png) = display.get("image/png") {
@@ -303,6 +309,49 @@ mod tests {
         let t = texts(&out).join("\n");
         assert!(t.contains("time limit of 2 s"), "{t}");
         assert!(t.contains("STATE LOST"), "{t}");
+    }
+
+    #[test]
+    fn displays_never_carry_active_content() {
+        let mut d = BTreeMap::new();
+        d.insert(
+            "text/html".to_string(),
+            "<table onmouseover=\"alert(1)\"><tr><td>ok</td></tr></table><script>fetch('//x')</script><a href=\"javascript:alert(2)\">x</a><img src=x onerror=alert(3)>".to_string(),
+        );
+        d.insert(
+            "image/svg+xml".to_string(),
+            "<svg onload=\"alert(4)\"><script>alert(5)</script></svg>".to_string(),
+        );
+        let config = SandboxConfig::default();
+        let mut r = ok("");
+        r.displays = vec![d];
+        let out = run_result(&r, config.timeout, &config);
+        let blocks: Vec<serde_json::Value> = out
+            .content
+            .iter()
+            .map(|b| serde_json::to_value(b).unwrap())
+            .collect();
+        let rendered: Vec<&serde_json::Value> = blocks
+            .iter()
+            .filter(|b| b["resource"]["mimeType"] != "text/plain")
+            .collect();
+        let all = serde_json::to_string(&rendered).unwrap();
+        assert!(all.contains("<td>ok</td>"), "{all}");
+        for active in ["<script", "onmouseover", "onerror", "onload", "javascript:"] {
+            assert!(!all.contains(active), "{active} reached the client: {all}");
+        }
+        let svg = blocks
+            .iter()
+            .find(|b| {
+                b["resource"]["uri"]
+                    .as_str()
+                    .is_some_and(|u| u.contains(".svg"))
+            })
+            .unwrap();
+        assert_eq!(
+            svg["resource"]["mimeType"], "text/plain",
+            "SVG only as inert text"
+        );
     }
 
     #[test]
