@@ -172,6 +172,116 @@ def _forbid_namespaces(extra_denied=()):
         return False
 
 
+# ------------------------------------------------------------- privilege separation
+#
+# The container starts as root holding only the capabilities below. The supervisor
+# drops to a uid of its own (agent_uid) and keeps just those; the worker, before any
+# user code, drops to the sandbox uid with no capability at all, not even in its
+# bounding set. Sandbox code then shares no uid with the supervisor: it can neither
+# signal, trace nor read it, nor take over a process the supervisor starts.
+
+# What the supervisor keeps, and why: SETUID/SETGID/SETPCAP to start the worker as the
+# sandbox user; KILL to interrupt and end its processes; SYS_PTRACE to see whether the
+# worker's main thread is back in its loop (under gVisor, by ptrace). Its files are the
+# sandbox user's: its filesystem uid is that user's (setfsuid), so file transfers and
+# read-write exposures see and make exactly what user code would, while the uids that
+# signals, tracing and /proc are checked against stay its own.
+AGENT_CAPS = {"KILL": 5, "SETGID": 6, "SETUID": 7, "SETPCAP": 8, "SYS_PTRACE": 19}
+# Only where the kernel has no setfsuid (gVisor): to reach the sandbox user's files
+# from the agent's own uid, and to give it what the supervisor makes.
+FILE_CAPS = {"CHOWN": 0, "DAC_OVERRIDE": 1, "DAC_READ_SEARCH": 2, "FOWNER": 3}
+# [uid, gid] that files the supervisor makes are given to, when its filesystem ids are
+# not the sandbox user's already.
+FILE_OWNER = []
+
+
+def _capset(caps):
+    """Sets the effective and permitted capabilities to `caps` (bit numbers), none
+    inheritable. Returns whether the kernel took it."""
+    if ctypes is None:
+        return False
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                    ("inheritable", ctypes.c_uint32)]
+
+    mask = 0
+    for bit in caps:
+        mask |= 1 << bit
+    data = (Data * 2)(Data(mask & 0xFFFFFFFF, mask & 0xFFFFFFFF, 0),
+                      Data(mask >> 32, mask >> 32, 0))
+    header = Header(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.syscall(126 if os.uname().machine == "x86_64" else 91,  # capset
+                        ctypes.byref(header), data) == 0
+
+
+def _become(uid, gid, caps):
+    """Drops this process to `uid`:`gid` (no supplementary groups) keeping only `caps`
+    (bit numbers). Raises OSError when the kernel refuses."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(8, 1 if caps else 0, 0, 0, 0) != 0:  # PR_SET_KEEPCAPS
+        raise OSError(ctypes.get_errno(), "PR_SET_KEEPCAPS")
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    libc.prctl(8, 0, 0, 0, 0)
+    if not _capset(caps):
+        raise OSError(ctypes.get_errno(), "capset")
+    libc.prctl(47, 4, 0, 0, 0)  # PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL
+
+
+def _drop_bounding_set():
+    """Empties the bounding set: nothing this process or its children run can ever
+    gain a capability (needs CAP_SETPCAP, which the supervisor hands down)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for bit in range(64):
+        if libc.prctl(24, bit, 0, 0, 0) != 0 and ctypes.get_errno() != errno.EINVAL:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "PR_CAPBSET_DROP")
+
+
+def _separate_supervisor(config):
+    """As root at start (the container's user), drops the supervisor to its own uid
+    with AGENT_CAPS. Returns whether the sandbox user and the supervisor are apart."""
+    agent_uid = config.get("agent_uid")
+    if agent_uid is None or os.getuid() != 0 or ctypes is None:
+        return False
+    try:
+        uid, gid = int(config["sandbox_uid"]), int(config["sandbox_gid"])
+        for path in config.get("own_paths") or ():
+            # Mounts the engine made root's (Podman chowns only to the container's user).
+            try:
+                os.chown(path, uid, gid, follow_symlinks=False)
+            except FileNotFoundError:
+                pass
+        _become(int(agent_uid), int(agent_uid), list(AGENT_CAPS.values()) + list(FILE_CAPS.values()))
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.setfsgid(gid)
+        libc.setfsuid(uid)
+        if libc.setfsuid(-1) == uid:  # -1 changes nothing and tells the current one
+            # Files as the sandbox user (its filesystem ids): the file capabilities go.
+            _capset(AGENT_CAPS.values())
+        else:
+            # No setfsuid (gVisor): files through the file capabilities, and what the
+            # supervisor makes is given to the sandbox user.
+            FILE_OWNER[:] = [uid, gid]
+    except (OSError, ValueError, KeyError) as e:
+        sys.stderr.write("biocage agent: privilege separation failed: %s\n" % e)
+        return False
+    return True
+
+
+def _separate_worker(config):
+    """In the worker, before anything of the user's: the sandbox uid, no capability."""
+    if config.get("agent_uid") is None or ctypes is None:
+        return
+    _drop_bounding_set()
+    _become(int(config["sandbox_uid"]), int(config["sandbox_gid"]), ())
+
+
 def _harden_self():
     """Sets no_new_privs (inherited by every process user code starts, whatever the
     engine did) and makes this process non-dumpable, so same-uid code cannot ptrace
@@ -672,6 +782,8 @@ def _worker_main(fds, config):
                 f.write("1000")
         except OSError:
             pass
+        _separate_worker(config)
+        _set_dumpable(1)  # a change of uid cleared it
         _apply_rlimits(config.get("rlimits") or {})
         if config.get("umask") is not None:
             os.umask(int(config["umask"]))
@@ -829,16 +941,17 @@ def _reap_worker(pid):
             time.sleep(0.001)
 
 
-def _cull_if_near_limit(limit, keep):
+def _cull_if_near_limit(limit, keep, uid):
     """Kills what a run left running once the sandbox nears its process limit (a fork
     bomb), so that the next run can start processes; the worker and its state stay.
-    Returns the pids killed (the worker reaps those that were its children)."""
+    `uid` is the sandbox user's. Returns the pids killed (the worker reaps those that
+    were its children)."""
     if not limit or os.getuid() == 0:
         return []  # as root (never so in a sandbox) this would reach the whole machine
     pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
     if len(pids) < limit * 3 // 4:
         return []
-    me = os.getuid()
+    me = uid
     killed = []
     for pid in pids:
         if pid in keep:
@@ -1417,7 +1530,8 @@ class Supervisor:
         res = self.base_result()
         self.lost_since_last_run = False
         self.reap = _cull_if_near_limit(self.config.get("pids_limit"),
-                                        {1, os.getpid(), self.worker["pid"]})
+                                        {1, os.getpid(), self.worker["pid"]},
+                                        int(self.config.get("sandbox_uid", os.getuid())))
         if self.reap:
             res["stderr"] += ("\n[biocage] the run left %d processes and the sandbox was at its "
                               "process limit; they were killed\n" % len(self.reap))
@@ -1653,6 +1767,7 @@ def _open_nofollow(path, flags, mode=0o644):
                     raise
                 os.mkdir(part, 0o755, dir_fd=dirfd)
                 nxt = _open_dir(part, dirfd)
+                _give(nxt)
             os.close(dirfd)
             dirfd = nxt
         if flags & os.O_DIRECTORY and flags & os.O_CREAT:
@@ -1665,6 +1780,7 @@ def _open_nofollow(path, flags, mode=0o644):
         if not _is_entry(fd, parts[-1], dirfd):
             os.close(fd)
             raise OSError(errno.ELOOP, "a symbolic link is not followed", parts[-1])
+        _give(fd)
         if not stat.S_ISREG(os.fstat(fd).st_mode) and not flags & os.O_DIRECTORY:
             os.close(fd)
             raise OSError(errno.EINVAL, "not a regular file (FIFOs, devices and sockets are refused)")
@@ -1672,6 +1788,13 @@ def _open_nofollow(path, flags, mode=0o644):
         return fd
     finally:
         os.close(dirfd)
+
+
+def _give(fd):
+    """Gives what the supervisor just made to the sandbox user, where its filesystem
+    ids are not that user's already (see FILE_OWNER)."""
+    if FILE_OWNER and os.fstat(fd).st_uid == os.getuid():
+        os.fchown(fd, FILE_OWNER[0], FILE_OWNER[1])
 
 
 def _has_link(path):
@@ -1891,7 +2014,8 @@ def main(argv):
     os.chdir("/")
     if len(argv) >= 2 and argv[1] == SERVE_MARK:
         config = json.loads(argv[2]) if len(argv) > 2 else {}
-        hardening = {"no_new_privs": _harden_self(),
+        separated = _separate_supervisor(config)
+        hardening = {"privilege_separated": separated, "no_new_privs": _harden_self(),
                      "seccomp": _forbid_namespaces(config.get("deny_syscalls") or ())}
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)

@@ -55,8 +55,19 @@ def supervisor_alive():
     return False
 
 
-def main(grace):
+def drop_root(uid):
+    """Started as root (the container's user, for the supervisor's sake): PID 1 needs
+    none of it, and runs as the agent's uid with no capability (0 to another uid clears
+    them all)."""
+    if uid is not None and os.getuid() == 0:
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+
+
+def main(grace, uid=None):
     os.chdir("/")
+    drop_root(uid)
     harden()
     # PID 1 ignores every signal it has no handler for, so sandbox code cannot stop the
     # container from inside. SIGCHLD is blocked and waited for, to reap at once.
@@ -76,4 +87,5 @@ def main(grace):
 
 
 if __name__ == "__main__":
-    main(float(sys.argv[2]) if len(sys.argv) > 2 else 10.0)
+    main(float(sys.argv[2]) if len(sys.argv) > 2 else 10.0,
+         int(sys.argv[3]) if len(sys.argv) > 3 else None)

@@ -18,9 +18,10 @@ pub const AGENT_VERSION: u64 = 2;
 const PYTHON: [&str; 2] = ["python3", "-I"];
 
 /// argv of the container's main process: the agent as PID 1, reaping orphans and
-/// ending the container `orphan_grace` after its last supervisor went away.
-pub fn init_argv(orphan_grace: Duration) -> Vec<String> {
-    vec![
+/// ending the container `orphan_grace` after its last supervisor went away; started as
+/// root, it drops to `agent_uid` when given.
+pub fn init_argv(orphan_grace: Duration, agent_uid: Option<u32>) -> Vec<String> {
+    let mut argv: Vec<String> = vec![
         PYTHON[0].into(),
         PYTHON[1].into(),
         // No `site`: nothing but what init needs is loaded.
@@ -29,7 +30,9 @@ pub fn init_argv(orphan_grace: Duration) -> Vec<String> {
         INIT_SOURCE.into(),
         "biocage-init".into(),
         format!("{}", orphan_grace.as_secs_f64()),
-    ]
+    ];
+    argv.extend(agent_uid.map(|u| u.to_string()));
+    argv
 }
 
 /// argv of the supervisor, whose stdin/stdout are the session's control channel.

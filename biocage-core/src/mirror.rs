@@ -283,8 +283,8 @@ impl RwMirror {
             || (entries > u64::from(self.max_files) && new.1 > old.1)
         {
             return Err(format!(
-                "the host folder would hold more than its caps ({} bytes, {} entries; rw_exposure_bytes / rw_exposure_files)",
-                self.max_bytes, self.max_files
+                "{} bytes (apparent size) would take the host folder past its caps ({} bytes, {} entries; rw_exposure_bytes / rw_exposure_files)",
+                new.0, self.max_bytes, self.max_files
             ));
         }
         u.bytes = bytes;

@@ -254,6 +254,9 @@ pub struct Hello {
     /// no_new_privs is set.
     #[serde(default)]
     pub no_new_privs: bool,
+    /// The supervisor runs under a uid of its own, apart from the sandbox user.
+    #[serde(default)]
+    pub privilege_separated: bool,
 }
 
 /// What an `"ok"` reply holds: the fields of the request it answers, the others absent.
@@ -426,6 +429,20 @@ pub struct AgentConfig {
     /// The worker's umask (the agent keeps its own when absent).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub umask: Option<u32>,
+    /// The supervisor's own uid (privilege separation), when the container starts as
+    /// root with the agent's capabilities.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_uid: Option<u32>,
+    /// The sandbox user's uid, which user code runs as.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandbox_uid: Option<u32>,
+    /// The sandbox user's gid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandbox_gid: Option<u32>,
+    /// Folders the supervisor gives to the sandbox user before it drops root (tmpfs
+    /// mounts an engine made root's).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub own_paths: Vec<String>,
 }
 
 #[cfg(test)]

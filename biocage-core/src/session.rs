@@ -413,6 +413,10 @@ fn check_hardening(hello: &Hello, allow_unenforced: bool) -> Result<()> {
             "its seccomp filter (no new namespaces, keyrings, bpf, ...)",
         ),
         (hello.no_new_privs, "no_new_privs"),
+        (
+            hello.privilege_separated,
+            "privilege separation (the supervisor under a uid of its own)",
+        ),
     ] {
         if enforced {
             continue;

@@ -12,6 +12,7 @@ use crate::result::{
     TRACEBACK_CAP, VALUE_CAP,
 };
 use crate::staging::{BindMount, Staging};
+use crate::uids::{ROOTFUL_AGENT_UID, ROOTLESS_AGENT_UID};
 
 /// Longest request line the agent accepts: the largest code, JSON-escaped (6 bytes a
 /// byte at worst), or the largest transfer in base64, plus framing.
@@ -135,6 +136,24 @@ impl Rlimit {
     }
 }
 
+/// The capabilities the container keeps for the agent's supervisor (see the agent's
+/// AGENT_CAPS): to start user code as the sandbox user, signal it, and see where its
+/// main thread is; CHOWN while it starts, to give the sandbox user its folders (an
+/// engine may make them root's); the file capabilities only under gVisor (no setfsuid). User code holds none of them, not even in its
+/// bounding set.
+pub const AGENT_CAPABILITIES: [&str; 9] = [
+    "SETUID",
+    "SETGID",
+    "SETPCAP",
+    "KILL",
+    "SYS_PTRACE",
+    "CHOWN",
+    // Kept by the supervisor only where the kernel has no setfsuid (gVisor).
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+];
+
 /// Everything a backend needs to create a hardened sandbox container.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ContainerSpec {
@@ -142,8 +161,12 @@ pub struct ContainerSpec {
     pub name: String,
     /// Image reference.
     pub image: String,
-    /// uid:gid of every process.
+    /// uid:gid the container's processes start as: root, holding only `cap_add`, when
+    /// the agent separates privileges (it drops to its own uid at once, and user code to
+    /// the sandbox user's with no capability); else the sandbox user.
     pub user: String,
+    /// Capabilities the container keeps (every other one is dropped).
+    pub cap_add: Vec<String>,
     /// Labels (managed marker, session id, owner pid).
     pub labels: BTreeMap<String, String>,
     /// Environment of every process.
@@ -302,11 +325,38 @@ impl ContainerSpec {
                 .filter(|e| e.mode == ExposureMode::ReadWrite)
                 .map(|e| e.container.clone()),
         );
+        // Privilege separation: the supervisor's uid is one sandbox code never has.
+        let agent_uid = owner.map(|_| {
+            if plan.rootless {
+                ROOTLESS_AGENT_UID
+            } else {
+                ROOTFUL_AGENT_UID
+            }
+        });
+        if let (Some(a), Some((u, g))) = (agent_uid, owner) {
+            if a == u || a == g {
+                return Err(Error::InvalidConfig {
+                    field: "user",
+                    value: config.user.clone(),
+                    reason: format!("{a} is the sandbox supervisor's own uid; choose another"),
+                });
+            }
+        }
         let agent_config = serde_json::to_value(AgentConfig {
             output_cap: config.output_cap,
             timeout: config.timeout.as_secs_f64(),
             interrupt_grace: config.interrupt_grace.as_secs_f64(),
-            rlimits: plan.rlimits.clone(),
+            rlimits: {
+                let mut r = plan.rlimits.clone();
+                if agent_uid.is_some() {
+                    // The agent's two processes (init, supervisor) no longer share the
+                    // sandbox user's uid, so its own count leaves room for them.
+                    if let Some(n) = r.get_mut("nproc") {
+                        *n = n.saturating_sub(2).max(1);
+                    }
+                }
+                r
+            },
             capture_figures: config.capture_figures,
             workdir: config.workspace.clone(),
             file_roots,
@@ -323,15 +373,32 @@ impl ContainerSpec {
             request_cap: request_line_limit(config),
             deny_syscalls: plan.denied_syscalls.clone(),
             umask: None,
+            agent_uid,
+            sandbox_uid: owner.map(|o| o.0),
+            sandbox_gid: owner.map(|o| o.1),
+            own_paths: tmpfs
+                .iter()
+                .filter(|t| t.owner.is_some())
+                .map(|t| t.target.clone())
+                .collect(),
         })
         .map_err(|e| Error::Agent(format!("the agent's configuration: {e}")))?;
         Ok(ContainerSpec {
             name: format!("biocage-{session_id}"),
             image: config.image.clone(),
-            user: config.user.clone(),
+            user: if agent_uid.is_some() {
+                "0:0".to_string()
+            } else {
+                config.user.clone()
+            },
+            cap_add: if agent_uid.is_some() {
+                AGENT_CAPABILITIES.iter().map(|c| c.to_string()).collect()
+            } else {
+                Vec::new()
+            },
             labels,
             env,
-            init_argv: agent::init_argv(config.orphan_grace),
+            init_argv: agent::init_argv(config.orphan_grace, agent_uid),
             agent_argv: agent::serve_argv(&agent_config),
             workdir: config.workspace.clone(),
             tmpfs,

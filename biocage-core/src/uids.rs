@@ -19,6 +19,12 @@ pub const ROOTFUL_UIDS: Range<u32> = 3_000_000..3_100_000;
 /// subordinate ids on the host).
 pub const ROOTLESS_UIDS: Range<u32> = 10_000..60_000;
 
+/// The supervisor's uid on engines without a user namespace: outside the leased range,
+/// so sandbox code never has it.
+pub const ROOTFUL_AGENT_UID: u32 = ROOTFUL_UIDS.end;
+/// The supervisor's uid inside a rootless engine's user namespace.
+pub const ROOTLESS_AGENT_UID: u32 = ROOTLESS_UIDS.end;
+
 /// A uid leased to one session; released when dropped (or when its process dies).
 #[derive(Debug)]
 pub struct UidLease {

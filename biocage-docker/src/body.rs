@@ -79,6 +79,7 @@ pub(crate) fn create_body(
         runtime: spec.oci_runtime.clone(),
         tmpfs: Some(tmpfs),
         cap_drop: Some(vec!["ALL".to_string()]),
+        cap_add: (!spec.cap_add.is_empty()).then(|| spec.cap_add.clone()),
         security_opt: Some(vec!["no-new-privileges".to_string()]),
         shm_size: Some(ContainerSpec::signed("shm size", spec.shm_bytes)?),
         // Logs of the container's main process are not kept: nothing can fill the disk.

@@ -77,6 +77,7 @@ pub(crate) fn create_opts(
         .labels(spec.labels.clone())
         .read_only_fs(true)
         .drop_capabilities(["ALL"])
+        .add_capabilities(spec.cap_add.clone())
         .mounts(mounts)
         .volumes(volumes)
         .r_limits(rlimits)
