@@ -680,11 +680,13 @@ mod tests {
 
     #[test]
     fn a_supervisor_without_its_filter_is_refused_unless_allowed() {
-        let good = hello(json!({"seccomp": true, "no_new_privs": true}));
+        let good =
+            hello(json!({"seccomp": true, "no_new_privs": true, "privilege_separated": true}));
         assert!(check_hardening(&good, false).is_ok());
         for bad in [
-            hello(json!({"seccomp": false, "no_new_privs": true})),
-            hello(json!({"seccomp": true, "no_new_privs": false})),
+            hello(json!({"seccomp": false, "no_new_privs": true, "privilege_separated": true})),
+            hello(json!({"seccomp": true, "no_new_privs": false, "privilege_separated": true})),
+            hello(json!({"seccomp": true, "no_new_privs": true, "privilege_separated": false})),
             hello(json!({})),
         ] {
             let err = check_hardening(&bad, false).unwrap_err().to_string();

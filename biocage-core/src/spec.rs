@@ -499,7 +499,16 @@ mod tests {
         assert_eq!(s.labels[LABEL_MANAGED], "true");
         assert_eq!(s.labels[LABEL_SESSION], "abc");
         assert!(!s.network);
-        assert_eq!(s.user, "1000:1000");
+        // Root with the agent's capabilities only; the agent drops to its own uid and
+        // user code to the sandbox user's.
+        assert_eq!(s.user, "0:0");
+        assert!(s
+            .cap_add
+            .iter()
+            .all(|c| AGENT_CAPABILITIES.contains(&c.as_str())));
+        let agent: serde_json::Value = serde_json::from_str(&s.agent_argv[5]).unwrap();
+        assert_eq!(agent["sandbox_uid"], 1000);
+        assert_eq!(agent["agent_uid"], ROOTFUL_AGENT_UID);
         assert!(s
             .tmpfs
             .iter()
