@@ -1898,6 +1898,10 @@ class Mirror:
         self.max_depth = max_depth
         self.max_path = max_path
         self.known = {}
+        # Folders that were empty at the last scan: (ino, mtime_ns, ctime_ns). One that
+        # still has them is still empty, and is not opened again (under gVisor every
+        # system call is dear, and a flood of empty folders is the costly shape).
+        self.empty = {}
         self.pending = []
         self.notes = {}
         self.last_notes = {"skipped": 0, "too_deep": 0, "too_long": 0, "too_many": False}
@@ -1905,6 +1909,7 @@ class Mirror:
     def scan(self):
         """The entries below every root now: {(root, rel): stamp}; notes what was left out."""
         found = {}
+        empty = {}
         notes = {"skipped": 0, "too_deep": 0, "too_long": 0, "too_many": False}
         for root in self.roots:
             try:
@@ -1939,10 +1944,21 @@ class Mirror:
                         continue
                     found[(root, child)] = ("d", entry.inode(), 0, 0, 0, 0o700)
                     try:
+                        dst = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    stamp = (dst.st_ino, dst.st_mtime_ns, dst.st_ctime_ns)
+                    if self.empty.get((root, child)) == stamp:
+                        empty[(root, child)] = stamp
+                        continue
+                    try:
                         sub = _open_dir(entry.name, fd)
                     except OSError:
                         continue
-                    stack.append((sub, child, depth + 1, self._list(sub)))
+                    listed = self._list(sub)
+                    if not listed:
+                        empty[(root, child)] = stamp
+                    stack.append((sub, child, depth + 1, listed))
                 elif stat.S_ISREG(st.st_mode):
                     found[(root, child)] = ("f", st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
                                             st.st_mode & 0o777)
@@ -1971,6 +1987,7 @@ class Mirror:
 
         changes.sort(key=order)
         self.known = found
+        self.empty = empty
         return changes
 
     def _list(self, fd):

@@ -91,6 +91,7 @@ fn all_cases() -> Vec<(&'static str, Case)> {
         case!(host::rw_exposures_cannot_reach_the_host),
         case!(host::rw_exposure_shapes_cost_little),
         case!(host::swapped_links_never_reach_the_sandbox),
+        case!(host::files_in_once_empty_folders_are_copied_back),
         case!(host::sandbox_uids_are_private),
         case!(host::no_view_of_the_host),
         case!(host::kernel_counters_are_not_shared),

@@ -536,3 +536,36 @@ print('leaked', seen)
     assert!(swaps > 100, "the swapper ran ({swaps} swaps)");
     eprintln!("swapped-links: {started} sessions started clean, {refused} refused, {swaps} swaps");
 }
+
+/// A folder that was empty at one copy-back and gains a file later (also after its
+/// times were set back) has the file copied back: the scan's shortcut for untouched
+/// empty folders never hides a change.
+pub async fn files_in_once_empty_folders_are_copied_back(rt: &dyn SandboxRuntime) {
+    let out = tempfile::tempdir().unwrap();
+    let config = config_builder(rt)
+        .await
+        .expose_rw(out.path(), "/data/out")
+        .build()
+        .unwrap();
+    let s = rt.create_session(&config).await.unwrap();
+    ok(&run(
+        s.as_ref(),
+        "import os\nos.makedirs('/data/out/e/deeper')\nos.mkdir('/data/out/f')",
+    )
+    .await);
+    ok(&run(s.as_ref(), "1").await);
+    ok(&run(
+        s.as_ref(),
+        "import os\nst = os.stat('/data/out/f')\nopen('/data/out/f/new.txt', 'w').write('in f')\nos.utime('/data/out/f', ns=(st.st_atime_ns, st.st_mtime_ns))\nopen('/data/out/e/deeper/x.txt', 'w').write('deep')",
+    )
+    .await);
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("f/new.txt")).unwrap(),
+        "in f"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("e/deeper/x.txt")).unwrap(),
+        "deep"
+    );
+    s.close().await.unwrap();
+}
