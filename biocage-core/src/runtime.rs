@@ -83,8 +83,12 @@ pub async fn gc_sandboxes<R: SandboxRuntime + ?Sized>(rt: &R) -> Result<Vec<Sand
     let mut removed = Vec::new();
     for s in rt.list_sandboxes().await? {
         if s.is_orphaned() {
-            rt.remove_sandbox(&s.container_id).await?;
-            removed.push(s);
+            match rt.remove_sandbox(&s.container_id).await {
+                Ok(()) => removed.push(s),
+                // Gone between the listing and now (auto-removed with its owner): done.
+                Err(crate::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
     }
     Ok(removed)
