@@ -517,19 +517,6 @@ fn failed_build(e: Error, log: &BuildLog, tag: &str, what: &str) -> Error {
     }
 }
 
-/// The `.whl` files of a folder of wheels given with `--wheels`.
-fn wheels_in_folder(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "whl"))
-        .collect();
-    out.sort();
-    Ok(out)
-}
-
 async fn build_custom(
     rt: &dyn SandboxRuntime,
     engine: &dyn ImageEngine,
@@ -561,7 +548,9 @@ async fn build_custom(
     // Folders of wheels go into the context as they are: pip resolves them inside the
     // build's container, never on the host.
     for dir in &opts.wheels {
-        for w in wheels_in_folder(dir)? {
+        let found = wheels::wheels_in(dir)
+            .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+        for w in found {
             ctx.add_wheel(&w)?;
         }
     }

@@ -91,22 +91,7 @@ impl AgentSession {
         held: (Staging, Option<UidLease>),
     ) -> Result<Self> {
         let mirror = RwMirror::of(&config);
-        let started = async {
-            let conn = connect(ops.clone(), &agent_argv, &config).await?;
-            if let Some(m) = &mirror {
-                m.fill(&conn.channel).await?;
-            }
-            Ok::<_, Error>(conn)
-        };
-        let conn = match started.await {
-            Ok(c) => c,
-            Err(e) => {
-                if let Err(rm) = ops.remove().await {
-                    tracing::warn!("removing {} after a failed start: {rm}", ops.container_id());
-                }
-                return Err(e);
-            }
-        };
+        let conn = bring_up(ops.clone(), &agent_argv, &config, mirror.as_ref()).await?;
         tracing::debug!(session = %id, container = %ops.container_id(), "session ready");
         Ok(AgentSession {
             id,
@@ -169,22 +154,7 @@ impl AgentSession {
         }
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         let ops = (self.relaunch)(generation).await?;
-        let started = async {
-            let new = connect(ops.clone(), &self.agent_argv, &self.config).await?;
-            if let Some(m) = &self.mirror {
-                m.fill(&new.channel).await?;
-            }
-            Ok::<_, Error>(new)
-        };
-        match started.await {
-            Ok(new) => *conn = new,
-            Err(e) => {
-                if let Err(rm) = ops.remove().await {
-                    tracing::warn!("removing {} after a failed start: {rm}", ops.container_id());
-                }
-                return Err(e);
-            }
-        }
+        *conn = bring_up(ops, &self.agent_argv, &self.config, self.mirror.as_ref()).await?;
         self.lost.store(true, Ordering::Release);
         self.gone_reported.store(false, Ordering::Release);
         Ok(())
@@ -348,6 +318,32 @@ impl AgentSession {
     }
 }
 
+/// Starts the supervisor in the (running) container behind `ops` and fills the
+/// read-write exposures from the host; on failure the container is removed.
+async fn bring_up(
+    ops: Arc<dyn ContainerOps>,
+    argv: &[String],
+    config: &SandboxConfig,
+    mirror: Option<&RwMirror>,
+) -> Result<Connection> {
+    let started = async {
+        let conn = connect(ops.clone(), argv, config).await?;
+        if let Some(m) = mirror {
+            m.fill(&conn.channel).await?;
+        }
+        Ok::<_, Error>(conn)
+    };
+    match started.await {
+        Ok(conn) => Ok(conn),
+        Err(e) => {
+            if let Err(rm) = ops.remove().await {
+                tracing::warn!("removing {} after a failed start: {rm}", ops.container_id());
+            }
+            Err(e)
+        }
+    }
+}
+
 async fn connect(
     ops: Arc<dyn ContainerOps>,
     argv: &[String],
@@ -503,10 +499,15 @@ impl Session for AgentSession {
         self.check_open()?;
         let _one_run = self.run_lock.lock().await;
         let channel = self.channel().await;
-        let fresh = !self.gone_reported.load(Ordering::Acquire) && !channel.is_closed();
-        match channel.request(&Request::Restart, QUICK_TIMEOUT).await {
-            Ok(Message::Ok(_)) if fresh => Ok(()),
-            // An error from the agent, or no answer: a fresh sandbox instead.
+        // A sandbox known to be gone is not asked (its channel may never answer).
+        let asked = if self.needs_recovery(&channel) {
+            None
+        } else {
+            Some(channel.request(&Request::Restart, QUICK_TIMEOUT).await)
+        };
+        match asked {
+            Some(Ok(Message::Ok(_))) => Ok(()),
+            // An error from the agent, no answer, or a gone sandbox: a fresh one instead.
             _ => {
                 self.reconnect(&channel).await?;
                 // Asked for: the caller knows state is gone.

@@ -95,18 +95,16 @@ fn error_text(output: &str) -> String {
     }
 }
 
-/// Files of `dir` whose names end in `.whl`.
-fn wheels_in(dir: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "whl") && p.is_file())
-                .collect()
-        })
-        .unwrap_or_default();
+/// The `.whl` files of `dir`: regular files only (a link is not followed), sorted.
+pub(crate) fn wheels_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "whl"))
+        .collect();
     out.sort();
-    out
+    Ok(out)
 }
 
 /// Fetches into `job.stage` every wheel that `job.requirements` (a requirements file's
@@ -205,7 +203,7 @@ pub(crate) async fn download(
             ),
         });
     }
-    for w in wheels_in(stage) {
+    for w in wheels_in(stage).unwrap_or_default() {
         if let Some(name) = w.file_name() {
             let kept = cache.join(name);
             if !kept.exists() {
@@ -215,7 +213,7 @@ pub(crate) async fn download(
             }
         }
     }
-    Ok(wheels_in(stage))
+    Ok(wheels_in(stage).unwrap_or_default())
 }
 
 /// `text` as a Python string literal (JSON's string syntax is a subset of Python's).
@@ -233,7 +231,7 @@ pub(crate) fn find_pip_wheel(dirs: &[PathBuf]) -> Option<PathBuf> {
             .unwrap_or_default()
     };
     dirs.iter()
-        .flat_map(|d| wheels_in(d))
+        .flat_map(|d| wheels_in(d).unwrap_or_default())
         .filter(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
